@@ -1,0 +1,203 @@
+//! The KBase Auth2 client: `GET {root}api/V2/token` (and `api/V2/me` when custom roles are
+//! required), classified into *the token is bad* versus *the service could not answer*.
+//!
+//! The distinction matters: an invalid token is the caller's problem (UNAUTHENTICATED, cached
+//! briefly), an unavailable service is ours (UNAVAILABLE, never cached, never allow).
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION};
+use reqwest::{Certificate, StatusCode};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::settings::{ConfigError, Settings, KEY_CA_BUNDLE};
+
+/// Largest Auth2 response body read; a real one is well under 2 KiB.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What Auth2 says about a token's MFA (`mfa` field; absent on older servers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mfa {
+    Used,
+    NotUsed,
+    Unknown,
+    Absent,
+}
+
+impl Mfa {
+    fn parse(raw: Option<&str>) -> Mfa {
+        match raw {
+            Some("Used") => Mfa::Used,
+            Some("NotUsed") => Mfa::NotUsed,
+            Some(_) => Mfa::Unknown,
+            None => Mfa::Absent,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mfa::Used => "Used",
+            Mfa::NotUsed => "NotUsed",
+            Mfa::Unknown => "Unknown",
+            Mfa::Absent => "not reported",
+        }
+    }
+}
+
+/// The identity behind a valid token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: Box<str>,
+    /// Token expiry, epoch milliseconds.
+    pub expires_ms: i64,
+    pub mfa: Mfa,
+    /// Only filled when roles are required (from `/api/V2/me`).
+    pub custom_roles: Vec<Box<str>>,
+}
+
+/// A successful token lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub identity: Identity,
+    /// Auth2's suggested cache time (`cachefor`), if it sent one.
+    pub cache_for: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Auth2Error {
+    /// Auth2 rejected the token (401, or 400 for a token it cannot parse).
+    #[error("Auth2 rejected the token")]
+    Invalid,
+    /// Auth2 could not give an answer: transport failure, timeout, 5xx, or a body we can't trust.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    user: Option<String>,
+    expires: Option<i64>,
+    cachefor: Option<i64>,
+    mfa: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MeBody {
+    user: Option<String>,
+    #[serde(default)]
+    customroles: Vec<String>,
+}
+
+pub struct Auth2Client {
+    http: reqwest::Client,
+    token_url: String,
+    me_url: String,
+    request_timeout: Duration,
+}
+
+impl Auth2Client {
+    pub fn new(s: &Settings) -> Result<Auth2Client, ConfigError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(s.connect_timeout)
+            .timeout(s.request_timeout)
+            // Auth2 never redirects; following one would send the token somewhere unexpected.
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(8)
+            .user_agent(concat!("kbase-spark-auth/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &s.ca_bundle {
+            let invalid = |problem: String| ConfigError::Invalid { key: KEY_CA_BUNDLE.into(), problem };
+            let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read '{}': {e}", path.display())))?;
+            let certs = Certificate::from_pem_bundle(&pem)
+                .map_err(|e| invalid(format!("'{}' is not a PEM certificate bundle: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(invalid(format!("'{}' holds no PEM certificate", path.display())));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| ConfigError::Invalid {
+            key: KEY_CA_BUNDLE.into(),
+            problem: format!("cannot set up the HTTPS client: {e}"),
+        })?;
+        Ok(Auth2Client {
+            http,
+            token_url: format!("{}api/V2/token", s.auth_url),
+            me_url: format!("{}api/V2/me", s.auth_url),
+            request_timeout: s.request_timeout,
+        })
+    }
+
+    /// Looks the (raw, already validated) token up; with `with_roles`, also fetches the user's
+    /// custom roles.
+    pub async fn lookup(&self, token: &str, with_roles: bool) -> Result<TokenInfo, Auth2Error> {
+        let body: TokenBody = self.get_json(&self.token_url, token).await?;
+        let user = body
+            .user
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'user'".into()))?;
+        let expires_ms =
+            body.expires.ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'expires'".into()))?;
+        let cache_for = body.cachefor.map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let mut identity = Identity { user: user.into(), expires_ms, mfa: Mfa::parse(body.mfa.as_deref()), custom_roles: Vec::new() };
+        if with_roles {
+            let me: MeBody = self.get_json(&self.me_url, token).await?;
+            if me.user.as_deref() != Some(&*identity.user) {
+                return Err(Auth2Error::Unavailable("Auth2 'me' answer names a different user".into()));
+            }
+            identity.custom_roles = me.customroles.into_iter().map(Into::into).collect();
+        }
+        Ok(TokenInfo { identity, cache_for })
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(&self, url: &str, token: &str) -> Result<T, Auth2Error> {
+        let started = Instant::now();
+        let request = self.http.get(url).header(ACCEPT, "application/json").header(AUTHORIZATION, token);
+        // reqwest's own timeout covers the whole exchange; this one also bounds the body read.
+        let exchange = async {
+            let response = request.send().await.map_err(|e| unavailable_transport(&e))?;
+            let status = response.status();
+            let body = read_capped(response).await?;
+            Ok::<_, Auth2Error>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| Auth2Error::Unavailable(format!("Auth2 did not answer within {:?}", started.elapsed())))??;
+        match status {
+            StatusCode::OK => serde_json::from_slice(&body)
+                .map_err(|e| Auth2Error::Unavailable(format!("Auth2 answered 200 with a body that is not the expected JSON ({e})"))),
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => Err(Auth2Error::Invalid),
+            other => Err(Auth2Error::Unavailable(format!("Auth2 answered HTTP {}", other.as_u16()))),
+        }
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Auth2Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unavailable_transport(&e))? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Auth2Error::Unavailable(format!("Auth2 answer is larger than {MAX_BODY_BYTES} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A transport error in words, with its cause chain (the token travels in a header, never in the
+/// URL, so reqwest's messages cannot contain it).
+fn unavailable_transport(e: &reqwest::Error) -> Auth2Error {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let mut text = format!("Auth2 {what}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    Auth2Error::Unavailable(text)
+}

@@ -1,0 +1,428 @@
+//! Settings, built from the flat key → value map the JVM hands over (SparkConf entries under
+//! `spark.kbase.auth.*` plus the environment variables `KBASE_AUTH_URL` and `USER`).
+//!
+//! Spark conf wins over the environment. Every error names the key it comes from, so a bad
+//! `spark-defaults.conf` line stops the server with a message that says which line to fix.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Prefix shared by every Spark conf key of the plugin.
+pub const PREFIX: &str = "spark.kbase.auth.";
+
+pub const KEY_URL: &str = "spark.kbase.auth.url";
+pub const KEY_OWNER: &str = "spark.kbase.auth.owner";
+pub const KEY_ALLOWED_USERS: &str = "spark.kbase.auth.allowedUsers";
+pub const KEY_REQUIRE_MFA: &str = "spark.kbase.auth.requireMfa";
+pub const KEY_MFA_EXEMPT: &str = "spark.kbase.auth.mfaExemptUsers";
+pub const KEY_REQUIRED_ROLES: &str = "spark.kbase.auth.requiredRoles";
+pub const KEY_CACHE_MAX_ENTRIES: &str = "spark.kbase.auth.cache.maxEntries";
+pub const KEY_CACHE_MAX_TTL: &str = "spark.kbase.auth.cache.maxTtl";
+pub const KEY_CACHE_INVALID_TTL: &str = "spark.kbase.auth.cache.invalidTtl";
+pub const KEY_CONNECT_TIMEOUT: &str = "spark.kbase.auth.connectTimeout";
+pub const KEY_REQUEST_TIMEOUT: &str = "spark.kbase.auth.requestTimeout";
+pub const KEY_CA_BUNDLE: &str = "spark.kbase.auth.caBundle";
+pub const KEY_TRUSTED_ADDRESSES: &str = "spark.kbase.auth.trustedAddresses";
+pub const KEY_FAIL_FAST_THRESHOLD: &str = "spark.kbase.auth.failFast.threshold";
+pub const KEY_FAIL_FAST_COOLDOWN: &str = "spark.kbase.auth.failFast.cooldown";
+pub const KEY_MAX_CONCURRENT: &str = "spark.kbase.auth.maxConcurrentRequests";
+
+pub const ENV_URL: &str = "KBASE_AUTH_URL";
+pub const ENV_USER: &str = "USER";
+
+/// Every key the plugin understands; anything else under [`PREFIX`] is a typo and stops start-up.
+const KNOWN_KEYS: &[&str] = &[
+    KEY_URL,
+    KEY_OWNER,
+    KEY_ALLOWED_USERS,
+    KEY_REQUIRE_MFA,
+    KEY_MFA_EXEMPT,
+    KEY_REQUIRED_ROLES,
+    KEY_CACHE_MAX_ENTRIES,
+    KEY_CACHE_MAX_TTL,
+    KEY_CACHE_INVALID_TTL,
+    KEY_CONNECT_TIMEOUT,
+    KEY_REQUEST_TIMEOUT,
+    KEY_CA_BUNDLE,
+    KEY_TRUSTED_ADDRESSES,
+    KEY_FAIL_FAST_THRESHOLD,
+    KEY_FAIL_FAST_COOLDOWN,
+    KEY_MAX_CONCURRENT,
+];
+
+pub const DEFAULT_URL: &str = "https://kbase.us/services/auth/";
+
+/// A configuration problem; the message always names the key (or keys) to fix.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error(
+        "no pod owner configured: set {KEY_OWNER} (or the environment variable {ENV_USER}), \
+         or list users in {KEY_ALLOWED_USERS}; refusing to start rather than allow any KBase user"
+    )]
+    NoOwner,
+    #[error("unknown setting {key}: not one of {known}")]
+    UnknownKey { key: String, known: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), problem: problem.into() }
+}
+
+/// The effective configuration of one authenticator.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Auth2 root, always ending in `/`.
+    pub auth_url: String,
+    pub owner: Option<String>,
+    pub allowed_users: BTreeSet<String>,
+    pub require_mfa: bool,
+    pub mfa_exempt_users: BTreeSet<String>,
+    pub required_roles: BTreeSet<String>,
+    pub cache_max_entries: u64,
+    pub cache_max_ttl: Duration,
+    pub cache_invalid_ttl: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub ca_bundle: Option<PathBuf>,
+    pub trusted_addresses: BTreeSet<std::net::IpAddr>,
+    /// Consecutive Auth2 transport failures before failing fast; 0 disables.
+    pub fail_fast_threshold: u32,
+    pub fail_fast_cooldown: Duration,
+    pub max_concurrent_requests: u32,
+}
+
+impl Settings {
+    /// Builds settings from SparkConf-style keys and the two environment variables.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        for key in map.keys().filter(|k| k.starts_with(PREFIX)) {
+            if !KNOWN_KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownKey { key: key.clone(), known: KNOWN_KEYS.join(", ") });
+            }
+        }
+        let get = |key: &str| map.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        let (url_key, url) = match (get(KEY_URL), get(ENV_URL)) {
+            (Some(v), _) => (KEY_URL, v),
+            (None, Some(v)) => (ENV_URL, v),
+            (None, None) => (KEY_URL, DEFAULT_URL),
+        };
+        let auth_url = parse_root_url(url_key, url)?;
+
+        let owner = match (get(KEY_OWNER), get(ENV_USER)) {
+            (Some(v), _) => Some(parse_user(KEY_OWNER, v)?),
+            (None, Some(v)) => Some(parse_user(ENV_USER, v)?),
+            (None, None) => None,
+        };
+        let allowed_users = parse_users(KEY_ALLOWED_USERS, get(KEY_ALLOWED_USERS))?;
+        if owner.is_none() && allowed_users.is_empty() {
+            return Err(ConfigError::NoOwner);
+        }
+
+        let settings = Settings {
+            auth_url,
+            owner,
+            allowed_users,
+            require_mfa: parse_bool(KEY_REQUIRE_MFA, get(KEY_REQUIRE_MFA), false)?,
+            mfa_exempt_users: parse_users(KEY_MFA_EXEMPT, get(KEY_MFA_EXEMPT))?,
+            required_roles: parse_list(get(KEY_REQUIRED_ROLES)),
+            cache_max_entries: parse_int(KEY_CACHE_MAX_ENTRIES, get(KEY_CACHE_MAX_ENTRIES), 10_000, 1)?,
+            cache_max_ttl: parse_duration(KEY_CACHE_MAX_TTL, get(KEY_CACHE_MAX_TTL), Duration::from_secs(300))?,
+            cache_invalid_ttl: parse_duration(
+                KEY_CACHE_INVALID_TTL,
+                get(KEY_CACHE_INVALID_TTL),
+                Duration::from_secs(5),
+            )?,
+            connect_timeout: positive(
+                KEY_CONNECT_TIMEOUT,
+                parse_duration(KEY_CONNECT_TIMEOUT, get(KEY_CONNECT_TIMEOUT), Duration::from_secs(2))?,
+            )?,
+            request_timeout: positive(
+                KEY_REQUEST_TIMEOUT,
+                parse_duration(KEY_REQUEST_TIMEOUT, get(KEY_REQUEST_TIMEOUT), Duration::from_secs(5))?,
+            )?,
+            ca_bundle: parse_ca_bundle(get(KEY_CA_BUNDLE))?,
+            trusted_addresses: parse_addresses(get(KEY_TRUSTED_ADDRESSES))?,
+            fail_fast_threshold: parse_int(KEY_FAIL_FAST_THRESHOLD, get(KEY_FAIL_FAST_THRESHOLD), 5, 0)? as u32,
+            fail_fast_cooldown: parse_duration(
+                KEY_FAIL_FAST_COOLDOWN,
+                get(KEY_FAIL_FAST_COOLDOWN),
+                Duration::from_secs(2),
+            )?,
+            max_concurrent_requests: parse_int(KEY_MAX_CONCURRENT, get(KEY_MAX_CONCURRENT), 32, 1)? as u32,
+        };
+        Ok(settings)
+    }
+
+    /// The one start-up line: every effective setting, nothing secret (there is none in them).
+    pub fn describe(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |s: &BTreeSet<String>| if s.is_empty() { "-".to_owned() } else { s.iter().cloned().collect::<Vec<_>>().join(",") };
+        write!(
+            f,
+            "KBase auth: url={} owner={} allowedUsers={} requireMfa={} mfaExemptUsers={} requiredRoles={} \
+             cache.maxEntries={} cache.maxTtl={:?} cache.invalidTtl={:?} connectTimeout={:?} requestTimeout={:?} \
+             caBundle={} trustedAddresses={} failFast.threshold={} failFast.cooldown={:?} maxConcurrentRequests={}",
+            self.auth_url,
+            self.owner.as_deref().unwrap_or("-"),
+            list(&self.allowed_users),
+            self.require_mfa,
+            list(&self.mfa_exempt_users),
+            list(&self.required_roles),
+            self.cache_max_entries,
+            self.cache_max_ttl,
+            self.cache_invalid_ttl,
+            self.connect_timeout,
+            self.request_timeout,
+            self.ca_bundle.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
+            if self.trusted_addresses.is_empty() {
+                "-".to_owned()
+            } else {
+                self.trusted_addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
+            },
+            self.fail_fast_threshold,
+            self.fail_fast_cooldown,
+            self.max_concurrent_requests,
+        )
+    }
+}
+
+/// Accepts `http(s)://host[:port][/path]` and returns it with exactly one trailing `/`, so
+/// `{root}api/V2/token` works whether or not the user wrote the slash.
+fn parse_root_url(key: &str, raw: &str) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(raw)
+        .map_err(|e| invalid(key, format!("'{raw}' is not a valid URL ({e}); expected e.g. {DEFAULT_URL}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid(key, format!("'{raw}' must use http or https")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(key, format!("'{raw}' has no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(key, "must not contain credentials, a query or a fragment"));
+    }
+    let mut s = url.to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+fn parse_user(key: &str, raw: &str) -> Result<String, ConfigError> {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
+        return Err(invalid(key, format!("'{raw}' is not a KBase user name")));
+    }
+    Ok(raw.to_owned())
+}
+
+fn parse_list(raw: Option<&str>) -> BTreeSet<String> {
+    raw.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn parse_users(key: &str, raw: Option<&str>) -> Result<BTreeSet<String>, ConfigError> {
+    parse_list(raw).into_iter().map(|u| parse_user(key, &u)).collect()
+}
+
+fn parse_bool(key: &str, raw: Option<&str>, default: bool) -> Result<bool, ConfigError> {
+    match raw.map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(invalid(key, format!("'{other}' is not true or false"))),
+    }
+}
+
+fn parse_int(key: &str, raw: Option<&str>, default: u64, min: u64) -> Result<u64, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    let n: u64 = raw.parse().map_err(|_| invalid(key, format!("'{raw}' is not a whole number ≥ {min}")))?;
+    if n < min || n > u32::MAX as u64 {
+        return Err(invalid(key, format!("{n} is out of range ({min}..={})", u32::MAX)));
+    }
+    Ok(n)
+}
+
+/// Durations need a unit (`ms`, `s`, `m`, `h`): a bare `5` is ambiguous between Spark's
+/// seconds-based and milliseconds-based settings, so it is refused rather than guessed.
+pub fn parse_duration(key: &str, raw: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(raw) = raw else { return Ok(default) };
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let bad = || invalid(key, format!("'{raw}' is not a duration like 500ms, 5s, 2m or 1h (no sign, a unit is required)"));
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(bad()),
+    };
+    match ms {
+        Some(ms) if ms <= 24 * 3_600_000 => Ok(Duration::from_millis(ms)),
+        _ => Err(invalid(key, format!("'{raw}' is longer than 24h"))),
+    }
+}
+
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero (an unbounded wait is not allowed)"));
+    }
+    Ok(d)
+}
+
+fn parse_ca_bundle(raw: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let path = PathBuf::from(raw);
+    if !path.is_file() {
+        return Err(invalid(KEY_CA_BUNDLE, format!("'{raw}' is not a readable file")));
+    }
+    Ok(Some(path))
+}
+
+fn parse_addresses(raw: Option<&str>) -> Result<BTreeSet<std::net::IpAddr>, ConfigError> {
+    parse_list(raw)
+        .into_iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|_| invalid(KEY_TRUSTED_ADDRESSES, format!("'{a}' is not an IP address (no host names or ranges)")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_with_env_owner() {
+        let s = Settings::from_map(&map(&[("USER", "alice")])).unwrap();
+        assert_eq!(s.auth_url, DEFAULT_URL);
+        assert_eq!(s.owner.as_deref(), Some("alice"));
+        assert_eq!(s.cache_max_ttl, Duration::from_secs(300));
+        assert_eq!(s.cache_invalid_ttl, Duration::from_secs(5));
+        assert!(s.trusted_addresses.is_empty(), "the token-less bypass must be off by default");
+        assert!(!s.require_mfa);
+    }
+
+    #[test]
+    fn spark_conf_wins_over_env() {
+        let s = Settings::from_map(&map(&[
+            ("USER", "spark"),
+            (KEY_OWNER, "alice"),
+            ("KBASE_AUTH_URL", "https://env.example/auth"),
+            (KEY_URL, "https://conf.example/services/auth"),
+        ]))
+        .unwrap();
+        assert_eq!(s.owner.as_deref(), Some("alice"));
+        assert_eq!(s.auth_url, "https://conf.example/services/auth/");
+    }
+
+    #[test]
+    fn env_url_used_and_trailing_slash_normalised() {
+        for raw in ["http://127.0.0.1:9999/services/auth", "http://127.0.0.1:9999/services/auth/"] {
+            let s = Settings::from_map(&map(&[("USER", "a"), ("KBASE_AUTH_URL", raw)])).unwrap();
+            assert_eq!(s.auth_url, "http://127.0.0.1:9999/services/auth/");
+        }
+        let s = Settings::from_map(&map(&[("USER", "a"), (KEY_URL, "http://127.0.0.1:9")])).unwrap();
+        assert_eq!(s.auth_url, "http://127.0.0.1:9/");
+    }
+
+    #[test]
+    fn no_owner_refuses_to_start() {
+        let err = Settings::from_map(&map(&[])).unwrap_err();
+        assert_eq!(err, ConfigError::NoOwner);
+        assert!(err.to_string().contains(KEY_OWNER) && err.to_string().contains("USER"));
+        // Blank values count as unset.
+        assert_eq!(Settings::from_map(&map(&[("USER", "  "), (KEY_OWNER, "")])).unwrap_err(), ConfigError::NoOwner);
+        // An allowed-users list alone is enough.
+        let s = Settings::from_map(&map(&[(KEY_ALLOWED_USERS, "bob, carol")])).unwrap();
+        assert_eq!(s.allowed_users.len(), 2);
+        assert_eq!(s.owner, None);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (KEY_URL, "http://[bad"),
+            (KEY_URL, "ftp://example.org/"),
+            (KEY_URL, "not a url"),
+            (KEY_URL, "https://user:pw@example.org/"),
+            (KEY_CACHE_MAX_TTL, "-5s"),
+            (KEY_CACHE_MAX_TTL, "5"),
+            (KEY_CACHE_MAX_TTL, "5 parsecs"),
+            (KEY_CACHE_INVALID_TTL, "48h"),
+            (KEY_REQUEST_TIMEOUT, "0s"),
+            (KEY_CONNECT_TIMEOUT, "0ms"),
+            (KEY_REQUIRE_MFA, "yes"),
+            (KEY_CACHE_MAX_ENTRIES, "0"),
+            (KEY_CACHE_MAX_ENTRIES, "-1"),
+            (KEY_TRUSTED_ADDRESSES, "localhost"),
+            (KEY_CA_BUNDLE, "/nonexistent/ca.pem"),
+            (KEY_OWNER, "two words"),
+        ];
+        for (key, value) in cases {
+            let err = Settings::from_map(&map(&[("USER", "alice"), (key, value)])).unwrap_err();
+            assert!(err.to_string().starts_with(key), "{key}={value}: {err}");
+        }
+        let err = Settings::from_map(&map(&[("KBASE_AUTH_URL", "::"), ("USER", "a")])).unwrap_err();
+        assert!(err.to_string().starts_with("KBASE_AUTH_URL"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Settings::from_map(&map(&[("USER", "a"), ("spark.kbase.auth.ower", "alice")])).unwrap_err();
+        assert!(err.to_string().contains("spark.kbase.auth.ower"));
+        // Keys outside our prefix are not ours to judge.
+        assert!(Settings::from_map(&map(&[("USER", "a"), ("spark.other", "x")])).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s| parse_duration("k", Some(s), Duration::ZERO);
+        assert_eq!(d("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(d("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(d("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(d("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(d("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "s", "1.5s", "+1s", "1d", "99999999999999999999s"] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lists_and_policy_settings() {
+        let s = Settings::from_map(&map(&[
+            (KEY_OWNER, "alice"),
+            (KEY_ALLOWED_USERS, " bob ,,carol"),
+            (KEY_REQUIRE_MFA, "TRUE"),
+            (KEY_MFA_EXEMPT, "svc"),
+            (KEY_REQUIRED_ROLES, "BERDL_USER, spark"),
+            (KEY_TRUSTED_ADDRESSES, "127.0.0.1, ::1"),
+        ]))
+        .unwrap();
+        assert_eq!(s.allowed_users.iter().map(String::as_str).collect::<Vec<_>>(), ["bob", "carol"]);
+        assert!(s.require_mfa);
+        assert!(s.mfa_exempt_users.contains("svc"));
+        assert_eq!(s.required_roles.len(), 2);
+        assert_eq!(s.trusted_addresses.len(), 2);
+        let line = s.describe();
+        assert!(line.contains("owner=alice") && line.contains("requireMfa=true") && line.contains("127.0.0.1"), "{line}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Finding the caller's token in the call's metadata, and naming it without revealing it.
+//!
+//! A token is a secret: [`Token`] has no `Debug`/`Display` that prints it, and everything that
+//! must identify a token (cache key, log line) uses its SHA-256 ([`TokenKey`]).
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// Longest token accepted; anything longer is refused without asking Auth2.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// A borrowed token that cannot be printed by accident.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Token<'a>(&'a str);
+
+impl<'a> Token<'a> {
+    /// The raw secret, for the one place that must send it (the Auth2 request header).
+    pub fn expose(&self) -> &'a str {
+        self.0
+    }
+
+    pub fn key(&self) -> TokenKey {
+        TokenKey(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for Token<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({})", self.key().fingerprint())
+    }
+}
+
+/// SHA-256 of a token: the cache key, and the source of the log fingerprint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey(pub [u8; 32]);
+
+impl TokenKey {
+    /// First 8 hex characters of the SHA-256: enough to correlate log lines, useless to an attacker.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint(u32::from_be_bytes([self.0[0], self.0[1], self.0[2], self.0[3]]))
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenKey({})", self.fingerprint())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Fingerprint(u32);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{:08x}", self.0)
+    }
+}
+
+/// Why no usable token was found. The text says what is wrong, never what the token is.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("no token")]
+    Missing,
+    #[error("the authorization header is not 'Bearer <token>'")]
+    NotBearer,
+    #[error("the token is empty")]
+    Empty,
+    #[error("the token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    #[error("the token contains spaces or control characters")]
+    BadCharacters,
+    #[error("'authorization' and 'x-kbase-token' carry different tokens; send only one")]
+    Ambiguous,
+}
+
+/// Picks the token from the `authorization` (`Bearer <t>`, scheme case-insensitive) and
+/// `x-kbase-token` metadata values. Both present and different is ambiguous and refused.
+pub fn extract<'a>(authorization: Option<&'a str>, kbase_token: Option<&'a str>) -> Result<Token<'a>, TokenError> {
+    let from_bearer = authorization.map(parse_bearer).transpose()?;
+    let from_header = kbase_token.map(validate).transpose()?;
+    match (from_bearer, from_header) {
+        (None, None) => Err(TokenError::Missing),
+        (Some(t), None) | (None, Some(t)) => Ok(t),
+        (Some(a), Some(b)) if a == b => Ok(a),
+        (Some(_), Some(_)) => Err(TokenError::Ambiguous),
+    }
+}
+
+fn parse_bearer(value: &str) -> Result<Token<'_>, TokenError> {
+    let value = value.trim();
+    let scheme = value.get(..6).filter(|s| s.eq_ignore_ascii_case("bearer"));
+    match (scheme, value.as_bytes().get(6)) {
+        (Some(_), Some(b' ' | b'\t')) => validate(&value[7..]),
+        (Some(_), None) => Err(TokenError::Empty),
+        _ => Err(TokenError::NotBearer),
+    }
+}
+
+fn validate(raw: &str) -> Result<Token<'_>, TokenError> {
+    let t = raw.trim();
+    if t.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if t.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLong);
+    }
+    if t.bytes().any(|b| b <= b' ' || b == 0x7f) || t.chars().any(char::is_whitespace) {
+        return Err(TokenError::BadCharacters);
+    }
+    Ok(Token(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+    #[test]
+    fn bearer_any_case_and_trimmed() {
+        for h in [format!("Bearer {T}"), format!("bearer {T}"), format!("BEARER   {T}  "), format!(" Bearer\t{T}")] {
+            assert_eq!(extract(Some(&h), None).unwrap().expose(), T, "{h:?}");
+        }
+    }
+
+    #[test]
+    fn kbase_header_trimmed() {
+        assert_eq!(extract(None, Some(&format!("  {T}\t"))).unwrap().expose(), T);
+    }
+
+    #[test]
+    fn both_headers() {
+        let bearer = format!("Bearer {T}");
+        assert_eq!(extract(Some(&bearer), Some(T)).unwrap().expose(), T);
+        assert_eq!(extract(Some(&bearer), Some("other")), Err(TokenError::Ambiguous));
+    }
+
+    #[test]
+    fn missing_and_malformed() {
+        assert_eq!(extract(None, None), Err(TokenError::Missing));
+        assert_eq!(extract(Some("Basic abc"), None), Err(TokenError::NotBearer));
+        assert_eq!(extract(Some(T), None), Err(TokenError::NotBearer));
+        assert_eq!(extract(Some("Bearer"), None), Err(TokenError::Empty));
+        assert_eq!(extract(Some("Bearer    "), None), Err(TokenError::Empty));
+        assert_eq!(extract(None, Some("   ")), Err(TokenError::Empty));
+        assert_eq!(extract(None, Some("a b")), Err(TokenError::BadCharacters));
+        assert_eq!(extract(None, Some("a\u{1}b")), Err(TokenError::BadCharacters));
+        assert_eq!(extract(None, Some("a\u{7f}b")), Err(TokenError::BadCharacters));
+        assert_eq!(extract(None, Some("a\u{a0}b")), Err(TokenError::BadCharacters));
+        assert_eq!(extract(None, Some(&"x".repeat(4097))), Err(TokenError::TooLong));
+        assert!(extract(None, Some(&"x".repeat(4096))).is_ok());
+        // A malformed header poisons the call even if the other one is fine.
+        assert_eq!(extract(Some("Basic x"), Some(T)), Err(TokenError::NotBearer));
+    }
+
+    #[test]
+    fn never_printed() {
+        let t = extract(None, Some(T)).unwrap();
+        for s in [format!("{t:?}"), format!("{:?}", t.key()), t.key().fingerprint().to_string()] {
+            assert!(!s.contains(T) && !s.contains(&T[..8]), "{s}");
+        }
+        let fp = t.key().fingerprint().to_string();
+        assert!(fp.starts_with("sha256:") && fp.len() == 15, "{fp}");
+        // Known SHA-256 prefix of the token, computed independently with `printf %s T | sha256sum`.
+        assert_eq!(extract(None, Some("abc")).unwrap().key().fingerprint().to_string(), "sha256:ba7816bf");
+    }
+}
