@@ -84,55 +84,71 @@ impl Authenticator {
     /// Decides one call from its `authorization` and `x-kbase-token` metadata values and,
     /// if [`wants_peer_address`](Self::wants_peer_address), the caller's IP address.
     pub fn authorize(&self, authorization: Option<&str>, kbase_token: Option<&str>, peer: Option<&str>) -> Decision {
-        let decision = match token::extract(authorization, kbase_token) {
-            Ok(token) => self.authorize_token(token),
-            Err(TokenError::Missing) if self.is_trusted(peer) => Decision::Allow { user: None },
-            Err(e) => Decision::Deny(token_denial(e)),
-        };
-        match &decision {
-            Decision::Allow { .. } => self.metrics.allowed.inc(),
-            Decision::Deny(d) => self.metrics.denied(d.reason),
+        match self.decide(authorization, kbase_token, peer, |user| Decision::Allow { user: user.cloned() }) {
+            Ok(allowed) => allowed,
+            Err(denial) => Decision::Deny(denial),
         }
-        decision
+    }
+
+    /// The JNI hot path: the same decision, but an allowed call clones nothing (the user name
+    /// stays where it is cached), so hits cause no reference-count traffic between threads.
+    pub fn authorize_status(&self, authorization: Option<&str>, kbase_token: Option<&str>, peer: Option<&str>) -> Result<(), Denial> {
+        self.decide(authorization, kbase_token, peer, |_| ())
+    }
+
+    /// `allow` receives the cached user name (`None` for a trusted token-less caller).
+    fn decide<R>(
+        &self,
+        authorization: Option<&str>,
+        kbase_token: Option<&str>,
+        peer: Option<&str>,
+        allow: impl Fn(Option<&Arc<str>>) -> R,
+    ) -> Result<R, Denial> {
+        let result = match token::extract(authorization, kbase_token) {
+            Ok(token) => self.decide_token(token, |user| allow(Some(user))),
+            Err(TokenError::Missing) if self.is_trusted(peer) => Ok(allow(None)),
+            Err(e) => Err(token_denial(e)),
+        };
+        match &result {
+            Ok(_) => self.metrics.allowed.inc(),
+            Err(d) => self.metrics.denied(d.reason),
+        }
+        result
     }
 
     fn is_trusted(&self, peer: Option<&str>) -> bool {
         peer.and_then(|p| p.parse::<IpAddr>().ok()).is_some_and(|ip| self.settings.trusted_addresses.contains(&ip))
     }
 
-    fn authorize_token(&self, token: Token<'_>) -> Decision {
+    /// Cache hit → expiry check → cached verdict; miss → one Auth2 exchange (single flight).
+    fn decide_token<R>(&self, token: Token<'_>, allow: impl Fn(&Arc<str>) -> R) -> Result<R, Denial> {
         let key = token.key();
         let now_ms = epoch_ms();
-        let verdict = match self.cache.get(&key) {
-            Some(v) => {
+        let judge = |v: &Verdict| judge(v, now_ms).map(&allow);
+        let result = match self.cache.with_hit(&key, now_ms, judge) {
+            Some(result) => {
                 self.metrics.cache_hits.inc();
-                v
+                result
             }
             None => {
                 self.metrics.cache_misses.inc();
                 match self.cache.get_or_fetch(key, || self.fetch_verdict(token)) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let denial = match &*e {
-                            MissError::InvalidUncached => Denial::new(Reason::Invalid, MSG_INVALID),
-                            MissError::Unavailable(detail) => unavailable(detail),
-                        };
-                        return deny(denial, key);
+                    Ok(v) => {
+                        let result = judge(&v);
+                        self.cache.remember(key, v);
+                        result
                     }
+                    Err(e) => Err(match &*e {
+                        MissError::InvalidUncached => Denial::new(Reason::Invalid, MSG_INVALID),
+                        MissError::Unavailable(detail) => unavailable(detail),
+                    }),
                 }
             }
         };
-        if verdict.expires_ms <= now_ms {
-            let at = format_epoch_ms(verdict.expires_ms);
-            return deny(
-                Denial::new(Reason::Expired, format!("KBase token expired at {at}; log in to KBase again and use the new token")),
-                key,
-            );
-        }
-        match verdict.outcome {
-            Outcome::Allow(user) => Decision::Allow { user: Some(user) },
-            Outcome::Deny(d) => deny((*d).clone(), key),
-        }
+        result.map_err(|mut d| {
+            d.fingerprint = Some(key.fingerprint());
+            d
+        })
     }
 
     /// One Auth2 exchange (shared by all concurrent callers of the same token) turned into a
@@ -168,11 +184,12 @@ impl Authenticator {
                 if self.settings.cache_invalid_ttl.is_zero() {
                     return Err(MissError::InvalidUncached);
                 }
-                Ok(Verdict {
-                    expires_ms: i64::MAX,
-                    outcome: Outcome::Deny(Arc::new(Denial::new(Reason::Invalid, MSG_INVALID))),
-                    ttl: self.settings.cache_invalid_ttl,
-                })
+                Ok(Verdict::new(
+                    i64::MAX,
+                    Outcome::Deny(Arc::new(Denial::new(Reason::Invalid, MSG_INVALID))),
+                    self.settings.cache_invalid_ttl,
+                    now_ms,
+                ))
             }
             Err(Auth2Error::Unavailable(detail)) => {
                 self.metrics.auth2_failures.inc();
@@ -193,7 +210,7 @@ impl Authenticator {
             // Auth2 said 200 for an expired token; it will not become valid again.
             ttl = self.settings.cache_invalid_ttl;
         }
-        Verdict { expires_ms: id.expires_ms, outcome, ttl }
+        Verdict::new(id.expires_ms, outcome, ttl, now_ms)
     }
 
     /// Entries currently cached (after pending maintenance); for tests and soak checks.
@@ -202,9 +219,17 @@ impl Authenticator {
     }
 }
 
-fn deny(mut denial: Denial, key: token::TokenKey) -> Decision {
-    denial.fingerprint = Some(key.fingerprint());
-    Decision::Deny(denial)
+/// The per-call check of a cached verdict: expiry first (every call, hits included), then what
+/// Auth2 and the policy said.
+fn judge(v: &Verdict, now_ms: i64) -> Result<&Arc<str>, Denial> {
+    if v.expires_ms <= now_ms {
+        let at = format_epoch_ms(v.expires_ms);
+        return Err(Denial::new(Reason::Expired, format!("KBase token expired at {at}; log in to KBase again and use the new token")));
+    }
+    match &v.outcome {
+        Outcome::Allow(user) => Ok(user),
+        Outcome::Deny(d) => Err((**d).clone()),
+    }
 }
 
 fn unavailable(detail: &str) -> Denial {

@@ -18,7 +18,7 @@ use jni::{jni_str, Env};
 use thiserror::Error;
 
 use crate::authenticator::internal_error;
-use crate::decision::{Code, Decision, Denial};
+use crate::decision::{Code, Denial};
 use crate::settings::ConfigError;
 use crate::Authenticator;
 
@@ -101,12 +101,14 @@ pub fn authorize(
     let k = if kbase_token.is_null() { None } else { Some(kbase_token.mutf8_chars(env)?) };
     let p = if peer.is_null() { None } else { Some(peer.mutf8_chars(env)?) };
     let (a, k, p) = (a.as_ref().map(|c| c.to_str()), k.as_ref().map(|c| c.to_str()), p.as_ref().map(|c| c.to_str()));
-    let decision = auth.authorize(a.as_deref(), k.as_deref(), p.as_deref());
-    let status = decision.status_value();
-    if let Decision::Deny(d) = decision {
-        record_denial(d);
+    match auth.authorize_status(a.as_deref(), k.as_deref(), p.as_deref()) {
+        Ok(()) => Ok(0),
+        Err(d) => {
+            let status = d.code() as jint;
+            record_denial(d);
+            Ok(status)
+        }
     }
-    Ok(status)
 }
 
 pub fn new_string<'l>(env: &mut Env<'l>, s: &str) -> Result<JString<'l>, BridgeError> {

@@ -1,13 +1,16 @@
 //! The verdict cache: token hash → what Auth2 and the policy said, for a bounded time.
 //!
 //! * Keyed by SHA-256 of the token, never the token.
-//! * A hit is a synchronous `moka` lookup in the calling thread: no runtime hop, no lock held
-//!   across I/O. The token's expiry is re-checked by the caller on every hit.
+//! * A hit is synchronous in the calling thread: first a tiny per-thread front table (no shared
+//!   writes, so hits scale with threads), then the shared `moka` cache. No runtime hop, no lock
+//!   held across I/O. The token's expiry is re-checked by the caller on every hit.
 //! * Misses for one key share a single Auth2 exchange (`try_get_with` is single-flight).
 //! * Lifetimes: valid tokens `min(cachefor, cap, expires − now)`; rejected tokens the short
 //!   invalid TTL; transport failures are never stored.
 
+use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,15 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// How long the cache keeps it (decided at insertion).
     pub ttl: Duration,
+    /// The same deadline as epoch ms, for the per-thread front table.
+    pub cache_until_ms: i64,
+}
+
+impl Verdict {
+    pub fn new(expires_ms: i64, outcome: Outcome, ttl: Duration, now_ms: i64) -> Verdict {
+        let cache_until_ms = now_ms.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
+        Verdict { expires_ms, outcome, ttl, cache_until_ms }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -76,18 +88,59 @@ impl BuildHasher for KeyHashBuilder {
 
 pub struct VerdictCache {
     inner: Cache<TokenKey, Verdict, KeyHashBuilder>,
+    /// Tells this cache's entries apart in the per-thread front tables (never reused).
+    id: u64,
+}
+
+/// Slots of the per-thread front table: a pod sees one or a few live tokens.
+const FRONT_SLOTS: usize = 4;
+
+struct FrontEntry {
+    cache_id: u64,
+    key: TokenKey,
+    verdict: Verdict,
+}
+
+#[derive(Default)]
+struct Front {
+    slots: [Option<FrontEntry>; FRONT_SLOTS],
+    next: usize,
+}
+
+thread_local! {
+    static FRONT: RefCell<Front> = RefCell::new(Front::default());
 }
 
 impl VerdictCache {
     pub fn new(max_entries: u64) -> VerdictCache {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let inner = Cache::builder().max_capacity(max_entries).expire_after(VerdictTtl).build_with_hasher(KeyHashBuilder);
-        VerdictCache { inner }
+        VerdictCache { inner, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) }
     }
 
-    /// The hot path: a synchronous lookup.
+    /// The hot path: this thread's front table, then the shared cache. `f` sees the verdict
+    /// by reference, so a hit clones nothing shared (no reference-count traffic between threads).
     #[inline]
-    pub fn get(&self, key: &TokenKey) -> Option<Verdict> {
-        self.inner.get(key)
+    pub fn with_hit<R>(&self, key: &TokenKey, now_ms: i64, f: impl FnOnce(&Verdict) -> R) -> Option<R> {
+        FRONT.with(|front| {
+            let mut front = front.borrow_mut();
+            let slot = front.slots.iter_mut().find(|e| e.as_ref().is_some_and(|e| e.cache_id == self.id && e.key == *key));
+            if let Some(slot) = slot {
+                match slot {
+                    Some(entry) if entry.verdict.cache_until_ms > now_ms => return Some(f(&entry.verdict)),
+                    _ => *slot = None,
+                }
+            }
+            let verdict = self.inner.get(key)?;
+            let result = f(&verdict);
+            front.remember(self.id, *key, verdict);
+            Some(result)
+        })
+    }
+
+    /// Puts a freshly fetched verdict in this thread's front table too.
+    pub fn remember(&self, key: TokenKey, verdict: Verdict) {
+        FRONT.with(|front| front.borrow_mut().remember(self.id, key, verdict));
     }
 
     /// On a miss: runs `fetch` once for all concurrent callers of the same key, stores an `Ok`
@@ -103,6 +156,14 @@ impl VerdictCache {
     pub fn entry_count(&self) -> u64 {
         self.inner.run_pending_tasks();
         self.inner.entry_count()
+    }
+}
+
+impl Front {
+    fn remember(&mut self, cache_id: u64, key: TokenKey, verdict: Verdict) {
+        let slot = self.next % FRONT_SLOTS;
+        self.next = self.next.wrapping_add(1);
+        self.slots[slot] = Some(FrontEntry { cache_id, key, verdict });
     }
 }
 
@@ -123,7 +184,15 @@ mod tests {
     }
 
     fn allow(ttl: Duration) -> Verdict {
-        Verdict { expires_ms: i64::MAX, outcome: Outcome::Allow("alice".into()), ttl }
+        Verdict::new(i64::MAX, Outcome::Allow("alice".into()), ttl, now())
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    }
+
+    fn hit(c: &VerdictCache, k: &TokenKey) -> bool {
+        c.with_hit(k, now(), |_| ()).is_some()
     }
 
     #[test]
@@ -139,10 +208,10 @@ mod tests {
     #[test]
     fn stores_ok_and_not_err() {
         let c = VerdictCache::new(100);
-        assert!(c.get(&key(1)).is_none());
+        assert!(!hit(&c, &key(1)));
         let r: Result<_, Arc<&str>> = c.get_or_fetch(key(1), || Err("down"));
         assert!(r.is_err());
-        assert!(c.get(&key(1)).is_none(), "failures must not be cached");
+        assert!(!hit(&c, &key(1)), "failures must not be cached");
         let calls = AtomicUsize::new(0);
         for _ in 0..3 {
             let v = c
@@ -154,7 +223,7 @@ mod tests {
             assert!(matches!(v.outcome, Outcome::Allow(_)));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(c.get(&key(1)).is_some());
+        assert!(hit(&c, &key(1)));
     }
 
     #[test]
@@ -163,16 +232,16 @@ mod tests {
         c.get_or_fetch::<(), _>(key(2), || Ok(allow(Duration::from_millis(100)))).unwrap();
         let denial = Arc::new(Denial::new(Reason::Invalid, "x"));
         c.get_or_fetch::<(), _>(key(3), || {
-            Ok(Verdict { expires_ms: i64::MAX, outcome: Outcome::Deny(denial), ttl: Duration::from_secs(60) })
+            Ok(Verdict::new(i64::MAX, Outcome::Deny(denial), Duration::from_secs(60), now()))
         })
         .unwrap();
-        assert!(c.get(&key(2)).is_some());
+        assert!(hit(&c, &key(2)));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while c.get(&key(2)).is_some() {
+        while hit(&c, &key(2)) {
             assert!(Instant::now() < deadline, "entry outlived its ttl");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(c.get(&key(3)).is_some(), "a longer-lived entry is still there");
+        assert!(hit(&c, &key(3)), "a longer-lived entry is still there");
     }
 
     #[test]
@@ -194,6 +263,21 @@ mod tests {
             }
         });
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn front_table_is_per_cache_and_honours_the_deadline() {
+        let (a, b) = (VerdictCache::new(10), VerdictCache::new(10));
+        a.get_or_fetch::<(), _>(key(5), || Ok(allow(Duration::from_millis(150)))).unwrap();
+        assert!(hit(&a, &key(5)));
+        assert!(!hit(&b, &key(5)), "another cache's front entry must not answer");
+        // Another thread has an empty front table and falls back to the shared cache.
+        std::thread::scope(|s| s.spawn(|| assert!(hit(&a, &key(5)))).join().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hit(&a, &key(5)) {
+            assert!(Instant::now() < deadline, "front entry outlived its deadline");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

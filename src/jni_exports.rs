@@ -30,8 +30,11 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_create<'l>(
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_us_kbase_spark_NativeAuth_destroy<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>, handle: jlong) {
     // Safety: the shim's Cleaner passes a live handle from `create`, once.
-    env.with_env(|_| -> Result<(), BridgeError> { Ok(unsafe { boundary::drop_handle(handle) }) })
-        .resolve::<ThrowToJava>()
+    env.with_env(|_| -> Result<(), BridgeError> {
+        unsafe { boundary::drop_handle(handle) };
+        Ok(())
+    })
+    .resolve::<ThrowToJava>()
 }
 
 /// `int authorize(long handle, String authorization, String kbaseToken, String peer)`:

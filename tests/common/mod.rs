@@ -1,7 +1,7 @@
 //! Shared set-up for the integration tests: a fake Auth2 on loopback and an authenticator
 //! configured against it.
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
