@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION};
-use reqwest::{Certificate, StatusCode};
+use reqwest::Certificate;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -131,44 +131,67 @@ impl Auth2Client {
     /// Looks the (raw, already validated) token up; with `with_roles`, also fetches the user's
     /// custom roles.
     pub async fn lookup(&self, token: &str, with_roles: bool) -> Result<TokenInfo, Auth2Error> {
-        let body: TokenBody = self.get_json(&self.token_url, token).await?;
-        let user = body
-            .user
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'user'".into()))?;
-        let expires_ms =
-            body.expires.ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'expires'".into()))?;
-        let cache_for = body.cachefor.map(|ms| Duration::from_millis(ms.max(0) as u64));
-        let mut identity = Identity { user: user.into(), expires_ms, mfa: Mfa::parse(body.mfa.as_deref()), custom_roles: Vec::new() };
+        let (status, body) = self.get(&self.token_url, token).await?;
+        let mut info = parse_token_answer(status, &body)?;
         if with_roles {
-            let me: MeBody = self.get_json(&self.me_url, token).await?;
-            if me.user.as_deref() != Some(&*identity.user) {
-                return Err(Auth2Error::Unavailable("Auth2 'me' answer names a different user".into()));
-            }
-            identity.custom_roles = me.customroles.into_iter().map(Into::into).collect();
+            let (status, body) = self.get(&self.me_url, token).await?;
+            info.identity.custom_roles = parse_me_answer(status, &body, &info.identity.user)?;
         }
-        Ok(TokenInfo { identity, cache_for })
+        Ok(info)
     }
 
-    async fn get_json<T: for<'de> Deserialize<'de>>(&self, url: &str, token: &str) -> Result<T, Auth2Error> {
+    /// One GET with the token header: status and (size-capped) body, or why there is none.
+    async fn get(&self, url: &str, token: &str) -> Result<(u16, Vec<u8>), Auth2Error> {
         let started = Instant::now();
         let request = self.http.get(url).header(ACCEPT, "application/json").header(AUTHORIZATION, token);
         // reqwest's own timeout covers the whole exchange; this one also bounds the body read.
         let exchange = async {
             let response = request.send().await.map_err(|e| unavailable_transport(&e))?;
-            let status = response.status();
-            let body = read_capped(response).await?;
-            Ok::<_, Auth2Error>((status, body))
+            let status = response.status().as_u16();
+            Ok::<_, Auth2Error>((status, read_capped(response).await?))
         };
-        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+        tokio::time::timeout(self.request_timeout, exchange)
             .await
-            .map_err(|_| Auth2Error::Unavailable(format!("Auth2 did not answer within {:?}", started.elapsed())))??;
-        match status {
-            StatusCode::OK => serde_json::from_slice(&body)
-                .map_err(|e| Auth2Error::Unavailable(format!("Auth2 answered 200 with a body that is not the expected JSON ({e})"))),
-            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => Err(Auth2Error::Invalid),
-            other => Err(Auth2Error::Unavailable(format!("Auth2 answered HTTP {}", other.as_u16()))),
-        }
+            .map_err(|_| Auth2Error::Unavailable(format!("Auth2 did not answer within {:?}", started.elapsed())))?
+    }
+}
+
+/// Classifies an `/api/V2/token` answer. Anything but a 200 with `user` and `expires`, or a
+/// 400/401 rejection, is "unavailable": fail closed without blaming the token.
+pub fn parse_token_answer(status: u16, body: &[u8]) -> Result<TokenInfo, Auth2Error> {
+    let body: TokenBody = classify(status, body)?;
+    let user = body
+        .user
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'user'".into()))?;
+    let expires_ms = body.expires.ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'expires'".into()))?;
+    let cache_for = body.cachefor.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let identity = Identity { user: user.into(), expires_ms, mfa: Mfa::parse(body.mfa.as_deref()), custom_roles: Vec::new() };
+    Ok(TokenInfo { identity, cache_for })
+}
+
+/// Classifies an `/api/V2/me` answer into the custom roles of `user`.
+pub fn parse_me_answer(status: u16, body: &[u8], user: &str) -> Result<Vec<Box<str>>, Auth2Error> {
+    let me: MeBody = classify(status, body)?;
+    if me.user.as_deref() != Some(user) {
+        return Err(Auth2Error::Unavailable("Auth2 'me' answer names a different user".into()));
+    }
+    Ok(me.customroles.into_iter().map(Into::into).collect())
+}
+
+fn classify<T: for<'de> Deserialize<'de>>(status: u16, body: &[u8]) -> Result<T, Auth2Error> {
+    match status {
+        // serde's message can quote the body; only its position goes into the log.
+        200 => serde_json::from_slice(body).map_err(|e| {
+            Auth2Error::Unavailable(format!(
+                "Auth2 answered 200 with a body that is not the expected JSON ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        }),
+        400 | 401 => Err(Auth2Error::Invalid),
+        other => Err(Auth2Error::Unavailable(format!("Auth2 answered HTTP {other}"))),
     }
 }
 
@@ -200,4 +223,56 @@ fn unavailable_transport(e: &reqwest::Error) -> Auth2Error {
         source = cause.source();
     }
     Auth2Error::Unavailable(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_answers() {
+        let ok = br#"{"type":"Login","id":"x","expires":1700000000000,"created":1,"name":null,"user":"alice","custom":{},"cachefor":300000,"mfa":"Used"}"#;
+        let info = parse_token_answer(200, ok).unwrap();
+        assert_eq!(&*info.identity.user, "alice");
+        assert_eq!(info.identity.expires_ms, 1_700_000_000_000);
+        assert_eq!(info.identity.mfa, Mfa::Used);
+        assert_eq!(info.cache_for, Some(Duration::from_secs(300)));
+        let old = br#"{"expires":5,"user":"bob"}"#;
+        let info = parse_token_answer(200, old).unwrap();
+        assert_eq!((info.identity.mfa, info.cache_for), (Mfa::Absent, None));
+
+        let invalid = br#"{"error":{"httpcode":401,"httpstatus":"Unauthorized","appcode":10020,"apperror":"Invalid token","message":"10020 Invalid token"}}"#;
+        assert_eq!(parse_token_answer(401, invalid), Err(Auth2Error::Invalid));
+        assert_eq!(parse_token_answer(400, b"{}"), Err(Auth2Error::Invalid));
+        for (status, body) in [
+            (200, &b"<html>502</html>"[..]),
+            (200, br#"{"user":"alice","expi"#),
+            (200, br#"{"expires":5}"#),
+            (200, br#"{"user":"","expires":5}"#),
+            (200, br#"{"user":"alice"}"#),
+            (200, br#"{"user":"alice","expires":"soon"}"#),
+            (502, b"<html>Bad Gateway</html>"),
+            (503, b"{}"),
+            (404, b"{}"),
+            (302, b""),
+        ] {
+            assert!(matches!(parse_token_answer(status, body), Err(Auth2Error::Unavailable(_))), "{status} {body:?}");
+        }
+    }
+
+    #[test]
+    fn bad_json_detail_does_not_quote_the_body() {
+        let Err(Auth2Error::Unavailable(detail)) = parse_token_answer(200, br#"{"user":"alice","expires":"SECRETVALUE"}"#) else {
+            panic!("expected unavailable")
+        };
+        assert!(!detail.contains("SECRETVALUE"), "{detail}");
+    }
+
+    #[test]
+    fn me_answers() {
+        let me = br#"{"user":"alice","display":"A","customroles":["R1","R2"],"roles":[]}"#;
+        assert_eq!(parse_me_answer(200, me, "alice").unwrap(), vec!["R1".into(), "R2".into()]);
+        assert!(matches!(parse_me_answer(200, me, "bob"), Err(Auth2Error::Unavailable(_))));
+        assert_eq!(parse_me_answer(401, b"{}", "alice"), Err(Auth2Error::Invalid));
+    }
 }

@@ -106,7 +106,12 @@ fn validate(raw: &str) -> Result<Token<'_>, TokenError> {
     if t.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLong);
     }
-    if t.bytes().any(|b| b <= b' ' || b == 0x7f) || t.chars().any(char::is_whitespace) {
+    let bad = if t.is_ascii() {
+        t.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        t.chars().any(|c| c.is_control() || c.is_whitespace())
+    };
+    if bad {
         return Err(TokenError::BadCharacters);
     }
     Ok(Token(t))
@@ -149,6 +154,10 @@ mod tests {
         assert_eq!(extract(None, Some("a\u{1}b")), Err(TokenError::BadCharacters));
         assert_eq!(extract(None, Some("a\u{7f}b")), Err(TokenError::BadCharacters));
         assert_eq!(extract(None, Some("a\u{a0}b")), Err(TokenError::BadCharacters));
+        // Found by tests/fuzz.rs: C1 control characters.
+        assert_eq!(extract(None, Some("\u{80}")), Err(TokenError::BadCharacters));
+        assert_eq!(extract(None, Some("a\u{9f}b")), Err(TokenError::BadCharacters));
+        assert!(extract(None, Some("tökén")).is_ok());
         assert_eq!(extract(None, Some(&"x".repeat(4097))), Err(TokenError::TooLong));
         assert!(extract(None, Some(&"x".repeat(4096))).is_ok());
         // A malformed header poisons the call even if the other one is fine.
