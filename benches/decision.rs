@@ -36,7 +36,9 @@ fn benches(c: &mut Criterion) {
 
     let mut hit = c.benchmark_group("hit");
     hit.throughput(Throughput::Elements(1));
-    hit.bench_function("1_thread", |b| b.iter(|| black_box(auth.authorize_status(black_box(Some(&header)), None, None))));
+    hit.bench_function("1_thread", |b| {
+        b.iter(|| black_box(auth.authorize_status(black_box(Some(&header)), None, None)))
+    });
     for threads in [2usize, 4] {
         hit.bench_function(format!("{threads}_threads"), |b| {
             b.iter_custom(|iters| {

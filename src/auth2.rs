@@ -164,9 +164,11 @@ pub fn parse_token_answer(status: u16, body: &[u8]) -> Result<TokenInfo, Auth2Er
         .user
         .filter(|u| !u.is_empty())
         .ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'user'".into()))?;
-    let expires_ms = body.expires.ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'expires'".into()))?;
+    let expires_ms =
+        body.expires.ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'expires'".into()))?;
     let cache_for = body.cachefor.map(|ms| Duration::from_millis(ms.max(0) as u64));
-    let identity = Identity { user: user.into(), expires_ms, mfa: Mfa::parse(body.mfa.as_deref()), custom_roles: Vec::new() };
+    let identity =
+        Identity { user: user.into(), expires_ms, mfa: Mfa::parse(body.mfa.as_deref()), custom_roles: Vec::new() };
     Ok(TokenInfo { identity, cache_for })
 }
 
@@ -262,7 +264,9 @@ mod tests {
 
     #[test]
     fn bad_json_detail_does_not_quote_the_body() {
-        let Err(Auth2Error::Unavailable(detail)) = parse_token_answer(200, br#"{"user":"alice","expires":"SECRETVALUE"}"#) else {
+        let Err(Auth2Error::Unavailable(detail)) =
+            parse_token_answer(200, br#"{"user":"alice","expires":"SECRETVALUE"}"#)
+        else {
             panic!("expected unavailable")
         };
         assert!(!detail.contains("SECRETVALUE"), "{detail}");

@@ -92,7 +92,12 @@ impl Authenticator {
 
     /// The JNI hot path: the same decision, but an allowed call clones nothing (the user name
     /// stays where it is cached), so hits cause no reference-count traffic between threads.
-    pub fn authorize_status(&self, authorization: Option<&str>, kbase_token: Option<&str>, peer: Option<&str>) -> Result<(), Denial> {
+    pub fn authorize_status(
+        &self,
+        authorization: Option<&str>,
+        kbase_token: Option<&str>,
+        peer: Option<&str>,
+    ) -> Result<(), Denial> {
         self.decide(authorization, kbase_token, peer, |_| ())
     }
 
@@ -146,7 +151,7 @@ impl Authenticator {
             }
         };
         result.map_err(|mut d| {
-            d.fingerprint = Some(key.fingerprint());
+            d.fingerprint = Some(token.fingerprint());
             d
         })
     }
@@ -165,11 +170,8 @@ impl Authenticator {
         let with_roles = self.policy.needs_roles();
         // The runtime's own timeouts end the exchange; this deadline is the backstop for our wait.
         let deadline = self.settings.request_timeout * if with_roles { 2 } else { 1 } + Duration::from_secs(1);
-        let answer = runtime::run(
-            async move { client.lookup(&owned, with_roles).await },
-            deadline,
-        )
-        .unwrap_or_else(|e| Err(Auth2Error::Unavailable(e)));
+        let answer = runtime::run(async move { client.lookup(&owned, with_roles).await }, deadline)
+            .unwrap_or_else(|e| Err(Auth2Error::Unavailable(e)));
         self.metrics.auth2_latency(started.elapsed());
         drop(permit);
 
@@ -224,7 +226,10 @@ impl Authenticator {
 fn judge(v: &Verdict, now_ms: i64) -> Result<&Arc<str>, Denial> {
     if v.expires_ms <= now_ms {
         let at = format_epoch_ms(v.expires_ms);
-        return Err(Denial::new(Reason::Expired, format!("KBase token expired at {at}; log in to KBase again and use the new token")));
+        return Err(Denial::new(
+            Reason::Expired,
+            format!("KBase token expired at {at}; log in to KBase again and use the new token"),
+        ));
     }
     match &v.outcome {
         Outcome::Allow(user) => Ok(user),

@@ -134,7 +134,9 @@ impl fmt::Debug for Denial {
 pub enum Decision {
     /// The call may proceed. `user` is the authenticated KBase user (or `None` for a token-less
     /// call let through by a trusted source address).
-    Allow { user: Option<std::sync::Arc<str>> },
+    Allow {
+        user: Option<std::sync::Arc<str>>,
+    },
     Deny(Denial),
 }
 
@@ -166,12 +168,7 @@ pub fn format_epoch_ms(ms: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use jni::objects::{JClass, JObjectArray, JString};
 use jni::sys::{jboolean, jint, jlong};
 use jni::EnvUnowned;
 
-use crate::boundary::{self, BridgeError, DenyInternal, ThrowToJava};
+use crate::boundary::{self, BridgeError, ThrowToJava};
 use crate::Authenticator;
 
 /// `long create(String[] keysAndValues)`: a new authenticator; its handle is freed by `destroy`.
@@ -28,7 +28,11 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_create<'l>(
 
 /// `void destroy(long handle)`: frees the authenticator. The shim calls it exactly once.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_us_kbase_spark_NativeAuth_destroy<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>, handle: jlong) {
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_destroy<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) {
     // Safety: the shim's Cleaner passes a live handle from `create`, once.
     env.with_env(|_| -> Result<(), BridgeError> {
         unsafe { boundary::drop_handle(handle) };
@@ -39,24 +43,30 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_destroy<'l>(mut env: EnvUn
 
 /// `int authorize(long handle, String authorization, String kbaseToken, String peer)`:
 /// 0 = allow, else the gRPC status code; details via `denialMessage`/`denialLogLine`.
-/// Never throws: errors and panics become INTERNAL (13).
+/// Never throws: errors and panics become INTERNAL (13). The hot path, so it takes raw JNI
+/// types and its own panic guard (see [`boundary::authorize_raw`]).
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_us_kbase_spark_NativeAuth_authorize<'l>(
-    mut env: EnvUnowned<'l>,
-    _class: JClass<'l>,
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_authorize(
+    env: *mut jni::sys::JNIEnv,
+    _class: jni::sys::jclass,
     handle: jlong,
-    authorization: JString<'l>,
-    kbase_token: JString<'l>,
-    peer: JString<'l>,
+    authorization: jni::sys::jstring,
+    kbase_token: jni::sys::jstring,
+    peer: jni::sys::jstring,
 ) -> jint {
-    env.with_env(|env| boundary::authorize(env, handle, &authorization, &kbase_token, &peer)).resolve::<DenyInternal>()
+    // Safety: called by the JVM as a native method, with this thread's env and live arguments.
+    unsafe { boundary::authorize_raw(env, handle, authorization, kbase_token, peer) }
 }
 
 /// `String denialMessage()`: the status description of this thread's last denial.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_us_kbase_spark_NativeAuth_denialMessage<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>) -> JString<'l> {
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_denialMessage<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) -> JString<'l> {
     env.with_env(|env| {
-        let text = boundary::with_last_denial(|d| d.message.clone()).unwrap_or_else(|| crate::authenticator::MSG_INTERNAL.into());
+        let text = boundary::with_last_denial(|d| d.message.clone())
+            .unwrap_or_else(|| crate::authenticator::MSG_INTERNAL.into());
         boundary::new_string(env, &text)
     })
     .resolve::<ThrowToJava>()
@@ -64,9 +74,13 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_denialMessage<'l>(mut env:
 
 /// `String denialLogLine()`: the server log line of this thread's last denial.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_us_kbase_spark_NativeAuth_denialLogLine<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>) -> JString<'l> {
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_denialLogLine<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) -> JString<'l> {
     env.with_env(|env| {
-        let text = boundary::with_last_denial(|d| d.log_line()).unwrap_or_else(|| "KBase auth: no denial recorded on this thread".into());
+        let text = boundary::with_last_denial(|d| d.log_line())
+            .unwrap_or_else(|| "KBase auth: no denial recorded on this thread".into());
         boundary::new_string(env, &text)
     })
     .resolve::<ThrowToJava>()
@@ -79,13 +93,19 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_wantsPeerAddress<'l>(
     _class: JClass<'l>,
     handle: jlong,
 ) -> jboolean {
-    env.with_env(|_| -> Result<jboolean, BridgeError> { Ok(unsafe { boundary::handle_ref(handle)? }.wants_peer_address()) })
-        .resolve::<ThrowToJava>()
+    env.with_env(|_| -> Result<jboolean, BridgeError> {
+        Ok(unsafe { boundary::handle_ref(handle)? }.wants_peer_address())
+    })
+    .resolve::<ThrowToJava>()
 }
 
 /// `String describe(long handle)`: the effective settings, one line, no secrets.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_us_kbase_spark_NativeAuth_describe<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>, handle: jlong) -> JString<'l> {
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_describe<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) -> JString<'l> {
     env.with_env(|env| {
         let text = unsafe { boundary::handle_ref(handle)? }.describe();
         boundary::new_string(env, &text)
@@ -95,7 +115,11 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_describe<'l>(mut env: EnvU
 
 /// `String metrics(long handle)`: the counters as JSON.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_us_kbase_spark_NativeAuth_metrics<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>, handle: jlong) -> JString<'l> {
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_metrics<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) -> JString<'l> {
     env.with_env(|env| {
         let text = unsafe { boundary::handle_ref(handle)? }.metrics().to_json();
         boundary::new_string(env, &text)
@@ -103,9 +127,13 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_metrics<'l>(mut env: EnvUn
     .resolve::<ThrowToJava>()
 }
 
-/// `int panicProbe()`: panics inside the `authorize` wrapper; returns what the wrapper made of
+/// `int panicProbe()`: panics inside the guard `authorize` runs in; returns what the wrapper made of
 /// it (13, INTERNAL). Proves in tests that a panic cannot cross into the JVM or allow a call.
 #[unsafe(no_mangle)]
-pub extern "system" fn Java_us_kbase_spark_NativeAuth_panicProbe<'l>(mut env: EnvUnowned<'l>, _class: JClass<'l>) -> jint {
-    env.with_env(|_| -> Result<jint, BridgeError> { panic!("panic probe") }).resolve::<DenyInternal>()
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_panicProbe<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) -> jint {
+    env.with_env(|_| -> Result<jint, BridgeError> { Ok(boundary::guarded_status(|| panic!("panic probe"))) })
+        .resolve::<ThrowToJava>()
 }

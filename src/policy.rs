@@ -90,7 +90,12 @@ mod tests {
     }
 
     fn id(user: &str, mfa: Mfa, roles: &[&str]) -> Identity {
-        Identity { user: user.into(), expires_ms: i64::MAX, mfa, custom_roles: roles.iter().map(|r| (*r).into()).collect() }
+        Identity {
+            user: user.into(),
+            expires_ms: i64::MAX,
+            mfa,
+            custom_roles: roles.iter().map(|r| (*r).into()).collect(),
+        }
     }
 
     #[test]

@@ -167,7 +167,13 @@ impl Settings {
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |s: &BTreeSet<String>| if s.is_empty() { "-".to_owned() } else { s.iter().cloned().collect::<Vec<_>>().join(",") };
+        let list = |s: &BTreeSet<String>| {
+            if s.is_empty() {
+                "-".to_owned()
+            } else {
+                s.iter().cloned().collect::<Vec<_>>().join(",")
+            }
+        };
         write!(
             f,
             "KBase auth: url={} owner={} allowedUsers={} requireMfa={} mfaExemptUsers={} requiredRoles={} \
@@ -258,7 +264,8 @@ pub fn parse_duration(key: &str, raw: Option<&str>, default: Duration) -> Result
     let s = raw.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let bad = || invalid(key, format!("'{raw}' is not a duration like 500ms, 5s, 2m or 1h (no sign, a unit is required)"));
+    let bad =
+        || invalid(key, format!("'{raw}' is not a duration like 500ms, 5s, 2m or 1h (no sign, a unit is required)"));
     if num.is_empty() {
         return Err(bad());
     }
@@ -296,8 +303,9 @@ fn parse_addresses(raw: Option<&str>) -> Result<BTreeSet<std::net::IpAddr>, Conf
     parse_list(raw)
         .into_iter()
         .map(|a| {
-            a.parse()
-                .map_err(|_| invalid(KEY_TRUSTED_ADDRESSES, format!("'{a}' is not an IP address (no host names or ranges)")))
+            a.parse().map_err(|_| {
+                invalid(KEY_TRUSTED_ADDRESSES, format!("'{a}' is not an IP address (no host names or ranges)"))
+            })
         })
         .collect()
 }
@@ -423,6 +431,9 @@ mod tests {
         assert_eq!(s.required_roles.len(), 2);
         assert_eq!(s.trusted_addresses.len(), 2);
         let line = s.describe();
-        assert!(line.contains("owner=alice") && line.contains("requireMfa=true") && line.contains("127.0.0.1"), "{line}");
+        assert!(
+            line.contains("owner=alice") && line.contains("requireMfa=true") && line.contains("127.0.0.1"),
+            "{line}"
+        );
     }
 }

@@ -200,10 +200,8 @@ fn expired_token_that_auth2_still_accepts_is_denied() {
 #[test]
 fn cachefor_and_cap_bound_the_cache_window() {
     let (short, capped) = (new_token("short"), new_token("capped"));
-    let fake = fake(vec![
-        TokenEntry::new(&short, OWNER).cachefor(300),
-        TokenEntry::new(&capped, OWNER).cachefor(600_000),
-    ]);
+    let fake =
+        fake(vec![TokenEntry::new(&short, OWNER).cachefor(300), TokenEntry::new(&capped, OWNER).cachefor(600_000)]);
     let auth = authenticator(&fake, &[]);
     assert_allowed(&call(&auth, &short), OWNER);
     eventually(Duration::from_secs(5), "cachefor=300ms entry to be re-fetched", || {
@@ -244,7 +242,8 @@ fn revocation_is_seen_after_the_cache_window() {
 #[test]
 fn root_url_with_and_without_trailing_slash() {
     let t = new_token("slash");
-    let fake = FakeAuth2::start_blocking(FakeConfig::new().prefix("/services/auth").token(TokenEntry::new(&t, OWNER))).unwrap();
+    let fake = FakeAuth2::start_blocking(FakeConfig::new().prefix("/services/auth").token(TokenEntry::new(&t, OWNER)))
+        .unwrap();
     let base = fake.url();
     assert!(base.ends_with("/services/auth/"), "{base}");
     for url in [base.clone(), base.trim_end_matches('/').to_owned()] {
@@ -287,7 +286,8 @@ fn bad_settings_name_their_key() {
     };
     assert!(err(&[]).contains("spark.kbase.auth.owner"));
     assert!(err(&[("USER", "a"), ("spark.kbase.auth.url", "http://[bad")]).starts_with("spark.kbase.auth.url"));
-    assert!(err(&[("USER", "a"), ("spark.kbase.auth.requestTimeout", "-1s")]).starts_with("spark.kbase.auth.requestTimeout"));
+    assert!(err(&[("USER", "a"), ("spark.kbase.auth.requestTimeout", "-1s")])
+        .starts_with("spark.kbase.auth.requestTimeout"));
     let not_pem = std::env::temp_dir().join(format!("kbase-not-pem-{}.txt", std::process::id()));
     std::fs::write(&not_pem, "hello").unwrap();
     let e = err(&[("USER", "a"), ("spark.kbase.auth.caBundle", not_pem.to_str().unwrap())]);

@@ -105,14 +105,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             },
             Err(msg) => bad(msg),
         },
-        (_, "/health" | "/counts" | "/reset" | "/tokens" | "/revoke" | "/fault") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &j!({ "error": "method not allowed" }),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &j!({ "error": "no such control endpoint" }),
-        ),
+        (_, "/health" | "/counts" | "/reset" | "/tokens" | "/revoke" | "/fault") => {
+            json(StatusCode::METHOD_NOT_ALLOWED, &j!({ "error": "method not allowed" }))
+        }
+        _ => json(StatusCode::NOT_FOUND, &j!({ "error": "no such control endpoint" })),
     };
     Ok(resp)
 }
@@ -142,12 +138,9 @@ async fn set_fault(state: &State, f: Fault) -> Response<Body> {
 /// Waits until the listener task has acknowledged fault epoch `epoch`.
 pub(crate) async fn wait_applied(state: &State, epoch: u64) -> Result<(), String> {
     let mut rx = state.applied_tx.subscribe();
-    let waited = tokio::time::timeout(APPLY_TIMEOUT, async {
-        rx.wait_for(|a| a.epoch >= epoch)
-            .await
-            .map(|a| a.error.clone())
-    })
-    .await;
+    let waited =
+        tokio::time::timeout(APPLY_TIMEOUT, async { rx.wait_for(|a| a.epoch >= epoch).await.map(|a| a.error.clone()) })
+            .await;
     match waited {
         Ok(Ok(None)) => Ok(()),
         Ok(Ok(Some(err))) => Err(err),

@@ -101,16 +101,10 @@ impl FakeAuth2 {
         if !cfg.bind.is_loopback() && !cfg.allow_non_loopback {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "refusing to bind non-loopback address {} (allow_non_loopback is off)",
-                    cfg.bind
-                ),
+                format!("refusing to bind non-loopback address {} (allow_non_loopback is off)", cfg.bind),
             ));
         }
-        let state = Arc::new(State::new(
-            model::normalize_prefix(&cfg.prefix),
-            cfg.cachefor_ms,
-        ));
+        let state = Arc::new(State::new(model::normalize_prefix(&cfg.prefix), cfg.cachefor_ms));
         for t in cfg.tokens {
             state.add_token(t);
         }
@@ -122,18 +116,11 @@ impl FakeAuth2 {
         };
         let control_addr = control.as_ref().map(|l| l.local_addr()).transpose()?;
 
-        let mut tasks =
-            vec![tokio::spawn(server::run(state.clone(), addr, listener)).abort_handle()];
+        let mut tasks = vec![tokio::spawn(server::run(state.clone(), addr, listener)).abort_handle()];
         if let Some(l) = control {
             tasks.push(tokio::spawn(control::run(state.clone(), l)).abort_handle());
         }
-        Ok(FakeAuth2 {
-            state,
-            addr,
-            control_addr,
-            tasks,
-            runtime: None,
-        })
+        Ok(FakeAuth2 { state, addr, control_addr, tasks, runtime: None })
     }
 
     /// Starts on a runtime of its own (one worker thread), callable from any context.
@@ -194,9 +181,7 @@ impl FakeAuth2 {
     /// Switches the fault mode and waits (at most 5 s) until the listener has applied it.
     pub async fn set_fault_wait(&self, f: Fault) -> io::Result<()> {
         let epoch = self.state.set_fault(f);
-        control::wait_applied(&self.state, epoch)
-            .await
-            .map_err(io::Error::other)
+        control::wait_applied(&self.state, epoch).await.map_err(io::Error::other)
     }
 
     /// Like [`set_fault_wait`](Self::set_fault_wait) for sync code. Polls, so it must not
@@ -212,10 +197,7 @@ impl FakeAuth2 {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "fault not applied in time",
-                ));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "fault not applied in time"));
             }
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -36,8 +36,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         ready_file: None,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-        v.parse()
-            .map_err(|_| format!("{flag}: not a valid number: {v:?}"))
+        v.parse().map_err(|_| format!("{flag}: not a valid number: {v:?}"))
     }
     while let Some(flag) = it.next() {
         if flag == "--allow-non-loopback" {
@@ -50,11 +49,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         let v = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
         match flag.as_str() {
             "--port" => a.cfg.port = num(&flag, v)?,
-            "--bind" => {
-                a.cfg.bind = v
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("--bind: not an IP address: {v:?}"))?
-            }
+            "--bind" => a.cfg.bind = v.parse::<IpAddr>().map_err(|_| format!("--bind: not an IP address: {v:?}"))?,
             "--control-port" => a.cfg.control_port = Some(num(&flag, v)?),
             "--tokens" => a.tokens = Some(v.into()),
             "--prefix" => a.cfg.prefix = v,
@@ -71,10 +66,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
 }
 
 fn load_tokens(path: &Path, cfg: &mut FakeConfig) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("--tokens {}: {e}", path.display()))?;
-    let file: TokenFile =
-        serde_json::from_str(&text).map_err(|e| format!("--tokens {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--tokens {}: {e}", path.display()))?;
+    let file: TokenFile = serde_json::from_str(&text).map_err(|e| format!("--tokens {}: {e}", path.display()))?;
     if let Some(c) = file.cachefor {
         cfg.cachefor_ms = c;
     }
@@ -101,10 +94,7 @@ fn write_ready_file(path: &Path, fake: &FakeAuth2) -> std::io::Result<()> {
 
 async fn wait_for_stop(max_lifetime: Duration) -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             // Without signal handlers the default action (exit) still applies.
@@ -140,11 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fake-auth2: cannot start runtime: {e}");
@@ -161,20 +147,12 @@ fn main() -> ExitCode {
         };
         let control_url = fake.control_url().unwrap_or_default();
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "fake-auth2 listening on {} control {}",
-            fake.url(),
-            control_url
-        );
+        let _ = writeln!(out, "fake-auth2 listening on {} control {}", fake.url(), control_url);
         let _ = out.flush();
         drop(out);
         if let Some(path) = &args.ready_file {
             if let Err(e) = write_ready_file(path, &fake) {
-                eprintln!(
-                    "fake-auth2: cannot write ready file {}: {e}",
-                    path.display()
-                );
+                eprintln!("fake-auth2: cannot write ready file {}: {e}", path.display());
                 return ExitCode::FAILURE;
             }
         }

@@ -12,10 +12,7 @@ pub const DEFAULT_CACHEFOR_MS: u64 = 300_000;
 
 /// Milliseconds since the Unix epoch, as Auth2 reports times.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A token the fake knows, in the JSON form used by the `--tokens` file and `POST /tokens`.
@@ -176,8 +173,8 @@ impl Fault {
             "ignore_expiry" => Fault::IgnoreExpiry,
             other => {
                 return Err(format!(
-                    "unknown mode {other:?}; expected none|refuse|delay|status503|html502|malformed|nouser|ignore_expiry"
-                ))
+                "unknown mode {other:?}; expected none|refuse|delay|status503|html502|malformed|nouser|ignore_expiry"
+            ))
             }
         })
     }
@@ -256,21 +253,10 @@ mod tests {
 
     #[test]
     fn fault_parse_roundtrip() {
-        for m in [
-            "none",
-            "refuse",
-            "status503",
-            "html502",
-            "malformed",
-            "nouser",
-            "ignore_expiry",
-        ] {
+        for m in ["none", "refuse", "status503", "html502", "malformed", "nouser", "ignore_expiry"] {
             assert_eq!(Fault::parse(m, None).unwrap().mode_name(), m);
         }
-        assert_eq!(
-            Fault::parse("delay", Some(250)).unwrap(),
-            Fault::Delay(Duration::from_millis(250))
-        );
+        assert_eq!(Fault::parse("delay", Some(250)).unwrap(), Fault::Delay(Duration::from_millis(250)));
         assert!(Fault::parse("delay", None).is_err());
         assert!(Fault::parse("slow", None).is_err());
     }
@@ -294,32 +280,19 @@ mod tests {
 
     #[test]
     fn entry_json_rejects_typos() {
-        assert!(
-            serde_json::from_str::<TokenEntry>(r#"{"token":"T","user":"a","expire":1}"#).is_err()
-        );
+        assert!(serde_json::from_str::<TokenEntry>(r#"{"token":"T","user":"a","expire":1}"#).is_err());
         assert!(serde_json::from_str::<TokenEntry>(r#"{"token":"T"}"#).is_err());
     }
 
     #[test]
     fn builder() {
-        let e = TokenEntry::new("T", "bob")
-            .expires_in(Duration::from_secs(2))
-            .mfa("Used")
-            .roles(&["a", "b"])
-            .cachefor(7);
+        let e =
+            TokenEntry::new("T", "bob").expires_in(Duration::from_secs(2)).mfa("Used").roles(&["a", "b"]).cachefor(7);
         assert_eq!(e.expires_in_ms, Some(2000));
         assert_eq!(e.mfa.as_deref(), Some("Used"));
         assert_eq!(e.customroles, vec!["a", "b"]);
         assert_eq!(e.cachefor, Some(7));
-        assert_eq!(
-            TokenEntry::new("T", "b")
-                .expired_ago(Duration::from_secs(1))
-                .expires_in_ms,
-            Some(-1000)
-        );
-        assert_eq!(
-            TokenEntry::new("T", "b").expires_at_ms(42).expires,
-            Some(42)
-        );
+        assert_eq!(TokenEntry::new("T", "b").expired_ago(Duration::from_secs(1)).expires_in_ms, Some(-1000));
+        assert_eq!(TokenEntry::new("T", "b").expires_at_ms(42).expires, Some(42));
     }
 }

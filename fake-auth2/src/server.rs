@@ -21,8 +21,7 @@ use tokio::task::JoinSet;
 pub(crate) const VERSION: &str = "0.7.2-fake";
 
 /// What nginx answers when its upstream is down.
-pub(crate) const NGINX_502: &str =
-    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
+pub(crate) const NGINX_502: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
 <center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
 /// A JSON body cut off mid-field.
@@ -31,11 +30,7 @@ pub(crate) const MALFORMED_BODY: &str = r#"{"user": "alice", "expi"#;
 /// Binds with SO_REUSEADDR so that leaving `refuse` can rebind the same port even while
 /// connections we closed sit in TIME_WAIT.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(1024)
@@ -64,9 +59,7 @@ where
     // Small request/response exchanges: Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     conns.spawn(async move {
-        let _ = http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service_fn(handler))
-            .await;
+        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handler)).await;
     });
 }
 
@@ -102,11 +95,7 @@ pub(crate) async fn run(state: Arc<State>, addr: SocketAddr, initial: TcpListene
                 }
             }
             acked = Some(epoch);
-            state.applied_tx.send_replace(Applied {
-                epoch,
-                listening: listener.is_some(),
-                error,
-            });
+            state.applied_tx.send_replace(Applied { epoch, listening: listener.is_some(), error });
         }
         match &listener {
             Some(l) => tokio::select! {
@@ -165,12 +154,7 @@ struct ErrorInner<'a> {
     time: i64,
 }
 
-fn error(
-    state: &State,
-    status: StatusCode,
-    app: Option<(u32, &str)>,
-    message: String,
-) -> Response<Body> {
+fn error(state: &State, status: StatusCode, app: Option<(u32, &str)>, message: String) -> Response<Body> {
     let body = ErrorBody {
         error: ErrorInner {
             httpcode: status.as_u16(),
@@ -204,12 +188,7 @@ fn drop_connection() -> io::Error {
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
     let route = route(&state.prefix, req.uri().path());
     if route == Route::NotFound {
-        return Ok(error(
-            &state,
-            StatusCode::NOT_FOUND,
-            None,
-            "HTTP 404 Not Found".into(),
-        ));
+        return Ok(error(&state, StatusCode::NOT_FOUND, None, "HTTP 404 Not Found".into()));
     }
     if req.method() != Method::GET {
         let msg = "HTTP 405 Method Not Allowed".to_string();
@@ -218,11 +197,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     match route {
         Route::Root => Ok(json(
             StatusCode::OK,
-            &RootReply {
-                servicename: "Authentication Service",
-                version: VERSION,
-                servertime: now_ms(),
-            },
+            &RootReply { servicename: "Authentication Service", version: VERSION, servertime: now_ms() },
         )),
         _ => token_endpoint(&state, route, req.headers()).await,
     }
@@ -236,11 +211,7 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
     (!t.is_empty()).then_some(t)
 }
 
-async fn token_endpoint(
-    state: &State,
-    route: Route,
-    headers: &HeaderMap,
-) -> Result<Response<Body>, io::Error> {
+async fn token_endpoint(state: &State, route: Route, headers: &HeaderMap) -> Result<Response<Body>, io::Error> {
     let token = header_token(headers);
     state.count(token.as_deref());
     let fault = state.fault();
@@ -253,13 +224,7 @@ async fn token_endpoint(
             return Ok(error(state, StatusCode::SERVICE_UNAVAILABLE, None, msg));
         }
         Fault::Html502 => return Ok(with_type(StatusCode::BAD_GATEWAY, "text/html", NGINX_502)),
-        Fault::Malformed => {
-            return Ok(with_type(
-                StatusCode::OK,
-                "application/json",
-                MALFORMED_BODY,
-            ))
-        }
+        Fault::Malformed => return Ok(with_type(StatusCode::OK, "application/json", MALFORMED_BODY)),
         Fault::NoUser => {
             // A broken server: answers without checking the token, and without `user`.
             let stored = token
@@ -271,25 +236,13 @@ async fn token_endpoint(
         Fault::None | Fault::IgnoreExpiry => {}
     }
     let Some(token) = token else {
-        return Ok(app_error(
-            state,
-            StatusCode::BAD_REQUEST,
-            10010,
-            "No authentication token",
-        ));
+        return Ok(app_error(state, StatusCode::BAD_REQUEST, 10010, "No authentication token"));
     };
     let check_expiry = fault != Fault::IgnoreExpiry;
     let now = now_ms();
     match state.lookup(&token) {
-        Some(s) if !s.revoked && (!check_expiry || s.expires > now) => {
-            Ok(reply(state, route, &s, true))
-        }
-        _ => Ok(app_error(
-            state,
-            StatusCode::UNAUTHORIZED,
-            10020,
-            "Invalid token",
-        )),
+        Some(s) if !s.revoked && (!check_expiry || s.expires > now) => Ok(reply(state, route, &s, true)),
+        _ => Ok(app_error(state, StatusCode::UNAUTHORIZED, 10020, "Invalid token")),
     }
 }
 

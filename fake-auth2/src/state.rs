@@ -106,16 +106,10 @@ impl State {
     /// Adds or replaces a token (replacing also clears a revocation).
     pub fn add_token(&self, entry: TokenEntry) {
         let now = now_ms();
-        let expires = entry.expires.unwrap_or_else(|| {
-            now.saturating_add(entry.expires_in_ms.unwrap_or(DEFAULT_EXPIRES_IN_MS))
-        });
-        let stored = Stored {
-            id: self.new_uuid(),
-            created: entry.created.unwrap_or(now),
-            expires,
-            revoked: false,
-            entry,
-        };
+        let expires =
+            entry.expires.unwrap_or_else(|| now.saturating_add(entry.expires_in_ms.unwrap_or(DEFAULT_EXPIRES_IN_MS)));
+        let stored =
+            Stored { id: self.new_uuid(), created: entry.created.unwrap_or(now), expires, revoked: false, entry };
         lock(&self.tokens).insert(stored.entry.token.clone(), stored);
     }
 

@@ -32,19 +32,13 @@ impl Proc {
             if let Some(s) = self.0.try_wait().unwrap() {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit in {within:?}"
-            );
+            assert!(Instant::now() < deadline, "process did not exit in {within:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
         assert!(ok.success());
     }
 
@@ -57,8 +51,7 @@ impl Proc {
             let _ = BufReader::new(out).read_line(&mut line);
             let _ = tx.send(line);
         });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("no stdout line in time")
+        rx.recv_timeout(Duration::from_secs(10)).expect("no stdout line in time")
     }
 }
 
@@ -127,14 +120,8 @@ async fn binary_end_to_end_with_control_api() {
     ]);
     let info = wait_ready(&mut p, &ready);
     let line = p.first_line();
-    let (port, cport) = (
-        info["port"].as_u64().unwrap(),
-        info["control_port"].as_u64().unwrap(),
-    );
-    assert_eq!(
-        info["url"],
-        format!("http://127.0.0.1:{port}/services/auth/")
-    );
+    let (port, cport) = (info["port"].as_u64().unwrap(), info["control_port"].as_u64().unwrap());
+    assert_eq!(info["url"], format!("http://127.0.0.1:{port}/services/auth/"));
     assert_eq!(info["control_url"], format!("http://127.0.0.1:{cport}/"));
     assert_eq!(info["pid"].as_u64().unwrap(), p.0.id() as u64);
     assert_eq!(
@@ -147,11 +134,7 @@ async fn binary_end_to_end_with_control_api() {
     // Tokens from the file, with the file's cachefor as the default.
     let v = get(auth, TOKEN, Some("T1")).await.unwrap().json();
     assert_eq!(
-        (
-            v["user"].as_str(),
-            v["mfa"].as_str(),
-            v["cachefor"].as_u64()
-        ),
+        (v["user"].as_str(), v["mfa"].as_str(), v["cachefor"].as_u64()),
         (Some("alice"), Some("Used"), Some(1000))
     );
     assert_eq!(get(auth, TOKEN, Some("T2")).await.unwrap().status, 401);
@@ -159,50 +142,23 @@ async fn binary_end_to_end_with_control_api() {
     // Control API.
     let r = get(ctl, "/health", None).await.unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
-    let r = post_json(
-        ctl,
-        "/tokens",
-        &json!({"token": "T3", "user": "carol", "mfa": null}),
-    )
-    .await
-    .unwrap();
+    let r = post_json(ctl, "/tokens", &json!({"token": "T3", "user": "carol", "mfa": null})).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let v = get(auth, TOKEN, Some("T3")).await.unwrap().json();
     assert_eq!(v["user"], "carol");
     assert!(v.get("mfa").is_none());
-    let r = post_json(
-        ctl,
-        "/tokens",
-        &json!([{"token": "T4", "user": "d"}, {"token": "T5", "user": "e"}]),
-    )
-    .await
-    .unwrap();
+    let r =
+        post_json(ctl, "/tokens", &json!([{"token": "T4", "user": "d"}, {"token": "T5", "user": "e"}])).await.unwrap();
     assert_eq!(r.json()["added"], 2);
-    assert_eq!(
-        get(auth, "/services/auth/api/V2/me", Some("T1"))
-            .await
-            .unwrap()
-            .json()["customroles"],
-        json!(["r1"])
-    );
+    assert_eq!(get(auth, "/services/auth/api/V2/me", Some("T1")).await.unwrap().json()["customroles"], json!(["r1"]));
 
-    assert_eq!(
-        post_json(ctl, "/revoke", &json!({"token": "T3"}))
-            .await
-            .unwrap()
-            .json()["revoked"],
-        true
-    );
+    assert_eq!(post_json(ctl, "/revoke", &json!({"token": "T3"})).await.unwrap().json()["revoked"], true);
     assert_eq!(get(auth, TOKEN, Some("T3")).await.unwrap().status, 401);
 
-    let r = post_json(ctl, "/fault", &json!({"mode": "ignore_expiry"}))
-        .await
-        .unwrap();
+    let r = post_json(ctl, "/fault", &json!({"mode": "ignore_expiry"})).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(auth, TOKEN, Some("T2")).await.unwrap().status, 200);
-    post_json(ctl, "/fault", &json!({"mode": "delay", "delay_ms": 200}))
-        .await
-        .unwrap();
+    post_json(ctl, "/fault", &json!({"mode": "delay", "delay_ms": 200})).await.unwrap();
     assert_eq!(
         get(ctl, "/fault", None).await.unwrap().json(),
         json!({"mode": "delay", "delay_ms": 200, "listening": true})
@@ -212,62 +168,26 @@ async fn binary_end_to_end_with_control_api() {
     assert!(t.elapsed() >= Duration::from_millis(200));
 
     // refuse: the Auth2 port is closed once the control call returns; control still works.
-    assert_eq!(
-        post_json(ctl, "/fault", &json!({"mode": "refuse"}))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    let err = tokio::net::TcpStream::connect(auth)
-        .await
-        .expect_err("refused");
+    assert_eq!(post_json(ctl, "/fault", &json!({"mode": "refuse"})).await.unwrap().status, 200);
+    let err = tokio::net::TcpStream::connect(auth).await.expect_err("refused");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-    assert_eq!(
-        get(ctl, "/fault", None).await.unwrap().json()["listening"],
-        false
-    );
-    assert_eq!(
-        post_json(ctl, "/fault", &json!({"mode": "none"}))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(get(ctl, "/fault", None).await.unwrap().json()["listening"], false);
+    assert_eq!(post_json(ctl, "/fault", &json!({"mode": "none"})).await.unwrap().status, 200);
     assert_eq!(get(auth, TOKEN, Some("T1")).await.unwrap().status, 200);
 
-    for (mode, status) in [
-        ("status503", 503),
-        ("html502", 502),
-        ("malformed", 200),
-        ("nouser", 200),
-    ] {
-        post_json(ctl, "/fault", &json!({"mode": mode}))
-            .await
-            .unwrap();
-        assert_eq!(
-            get(auth, TOKEN, Some("T1")).await.unwrap().status,
-            status,
-            "{mode}"
-        );
+    for (mode, status) in [("status503", 503), ("html502", 502), ("malformed", 200), ("nouser", 200)] {
+        post_json(ctl, "/fault", &json!({"mode": mode})).await.unwrap();
+        assert_eq!(get(auth, TOKEN, Some("T1")).await.unwrap().status, status, "{mode}");
     }
-    post_json(ctl, "/fault", &json!({"mode": "none"}))
-        .await
-        .unwrap();
+    post_json(ctl, "/fault", &json!({"mode": "none"})).await.unwrap();
 
     let c = get(ctl, "/counts", None).await.unwrap().json();
     assert_eq!(c["by_token"]["T1"], 8, "{c}");
     assert_eq!(c["by_token"]["T2"], 2, "{c}");
     assert_eq!(c["by_token"]["T3"], 2, "{c}");
     assert_eq!(c["total"], 12, "{c}");
-    assert_eq!(
-        post_json(ctl, "/reset", &json!({})).await.unwrap().status,
-        200
-    );
-    assert_eq!(
-        get(ctl, "/counts", None).await.unwrap().json(),
-        json!({"total": 0, "by_token": {}, "untracked": 0})
-    );
+    assert_eq!(post_json(ctl, "/reset", &json!({})).await.unwrap().status, 200);
+    assert_eq!(get(ctl, "/counts", None).await.unwrap().json(), json!({"total": 0, "by_token": {}, "untracked": 0}));
 
     // Control errors: 400 with a message.
     for (path, body) in [
@@ -282,9 +202,7 @@ async fn binary_end_to_end_with_control_api() {
         assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
         assert!(r.json()["error"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let r = request(ctl, "POST", "/tokens", &[], b"{not json")
-        .await
-        .unwrap();
+    let r = request(ctl, "POST", "/tokens", &[], b"{not json").await.unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(get(ctl, "/nothing", None).await.unwrap().status, 404);
     assert_eq!(get(ctl, "/tokens", None).await.unwrap().status, 405);
@@ -302,12 +220,7 @@ async fn binary_end_to_end_with_control_api() {
 fn binary_exits_at_max_lifetime() {
     let dir = tmpdir("lifetime");
     let ready = dir.join("ready.json");
-    let mut p = spawn(&[
-        "--max-lifetime-secs",
-        "1",
-        "--ready-file",
-        ready.to_str().unwrap(),
-    ]);
+    let mut p = spawn(&["--max-lifetime-secs", "1", "--ready-file", ready.to_str().unwrap()]);
     let info = wait_ready(&mut p, &ready);
     assert!(info["port"].as_u64().unwrap() > 0);
     let status = p.wait_exit(Duration::from_secs(10));
@@ -322,10 +235,7 @@ fn binary_stops_on_sigint() {
     let ready = dir.join("ready.json");
     let mut p = spawn(&["--ready-file", ready.to_str().unwrap()]);
     wait_ready(&mut p, &ready);
-    let ok = Command::new("kill")
-        .args(["-INT", &p.0.id().to_string()])
-        .status()
-        .unwrap();
+    let ok = Command::new("kill").args(["-INT", &p.0.id().to_string()]).status().unwrap();
     assert!(ok.success());
     assert!(p.wait_exit(Duration::from_secs(10)).success());
     let _ = std::fs::remove_dir_all(&dir);

@@ -13,19 +13,9 @@ const ME: &str = "/api/V2/me";
 async fn fake() -> FakeAuth2 {
     FakeAuth2::start(
         FakeConfig::new()
-            .token(
-                TokenEntry::new("good", "alice")
-                    .mfa("Used")
-                    .roles(&["spark"])
-                    .display("Alice")
-                    .email("a@x.org"),
-            )
+            .token(TokenEntry::new("good", "alice").mfa("Used").roles(&["spark"]).display("Alice").email("a@x.org"))
             .token(TokenEntry::new("old", "bob").cachefor(1234))
-            .token(
-                TokenEntry::new("expired", "carol")
-                    .expired_ago(Duration::from_secs(60))
-                    .mfa("NotUsed"),
-            ),
+            .token(TokenEntry::new("expired", "carol").expired_ago(Duration::from_secs(60)).mfa("NotUsed")),
     )
     .await
     .expect("start")
@@ -52,9 +42,7 @@ async fn root_info() {
     let f = fake().await;
     assert_eq!(f.url(), format!("http://{}/", f.addr()));
     assert!(f.addr().ip().is_loopback());
-    let r = request(f.addr(), "GET", "/", &[("Accept", "application/json")], b"")
-        .await
-        .unwrap();
+    let r = request(f.addr(), "GET", "/", &[("Accept", "application/json")], b"").await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = r.json();
@@ -78,10 +66,7 @@ async fn valid_token_full_shape() {
     assert_eq!(v["name"], Value::Null);
     assert_eq!(v["custom"], serde_json::json!({}));
     assert_eq!(v["id"].as_str().unwrap().len(), 36);
-    let (created, expires) = (
-        v["created"].as_i64().unwrap(),
-        v["expires"].as_i64().unwrap(),
-    );
+    let (created, expires) = (v["created"].as_i64().unwrap(), v["expires"].as_i64().unwrap());
     assert!(created <= before && before - created < 60_000);
     assert_eq!(expires - created, 3_600_000);
     // The id is stable across requests, like a stored token's.
@@ -111,144 +96,58 @@ async fn me_endpoint() {
     assert_eq!(v["roles"], serde_json::json!([]));
     assert_eq!(v["local"], false);
     let v = get(f.addr(), ME, Some("old")).await.unwrap().json();
-    assert_eq!(
-        (v["display"].as_str(), v["email"].as_str()),
-        (Some("bob"), Some("bob@example.org"))
-    );
-    assert_app_error(
-        &get(f.addr(), ME, Some("nope")).await.unwrap(),
-        401,
-        10020,
-        "Invalid token",
-    );
-    assert_app_error(
-        &get(f.addr(), ME, Some("expired")).await.unwrap(),
-        401,
-        10020,
-        "Invalid token",
-    );
-    assert_app_error(
-        &get(f.addr(), ME, None).await.unwrap(),
-        400,
-        10010,
-        "No authentication token",
-    );
+    assert_eq!((v["display"].as_str(), v["email"].as_str()), (Some("bob"), Some("bob@example.org")));
+    assert_app_error(&get(f.addr(), ME, Some("nope")).await.unwrap(), 401, 10020, "Invalid token");
+    assert_app_error(&get(f.addr(), ME, Some("expired")).await.unwrap(), 401, 10020, "Invalid token");
+    assert_app_error(&get(f.addr(), ME, None).await.unwrap(), 400, 10010, "No authentication token");
 }
 
 #[tokio::test]
 async fn invalid_missing_expired_revoked() {
     let f = fake().await;
-    assert_app_error(
-        &get(f.addr(), TOKEN, Some("nope")).await.unwrap(),
-        401,
-        10020,
-        "Invalid token",
-    );
-    assert_app_error(
-        &get(f.addr(), TOKEN, Some("expired")).await.unwrap(),
-        401,
-        10020,
-        "Invalid token",
-    );
-    assert_app_error(
-        &get(f.addr(), TOKEN, None).await.unwrap(),
-        400,
-        10010,
-        "No authentication token",
-    );
-    let r = request(f.addr(), "GET", TOKEN, &[("Authorization", "")], b"")
-        .await
-        .unwrap();
+    assert_app_error(&get(f.addr(), TOKEN, Some("nope")).await.unwrap(), 401, 10020, "Invalid token");
+    assert_app_error(&get(f.addr(), TOKEN, Some("expired")).await.unwrap(), 401, 10020, "Invalid token");
+    assert_app_error(&get(f.addr(), TOKEN, None).await.unwrap(), 400, 10010, "No authentication token");
+    let r = request(f.addr(), "GET", TOKEN, &[("Authorization", "")], b"").await.unwrap();
     assert_app_error(&r, 400, 10010, "No authentication token");
     // The header carries the raw token: a Bearer scheme is not stripped.
-    assert_app_error(
-        &get(f.addr(), TOKEN, Some("Bearer good")).await.unwrap(),
-        401,
-        10020,
-        "Invalid token",
-    );
+    assert_app_error(&get(f.addr(), TOKEN, Some("Bearer good")).await.unwrap(), 401, 10020, "Invalid token");
 
     assert!(f.revoke("good"));
     assert!(!f.revoke("never-seen"));
-    assert_app_error(
-        &get(f.addr(), TOKEN, Some("good")).await.unwrap(),
-        401,
-        10020,
-        "Invalid token",
-    );
-    assert_app_error(
-        &get(f.addr(), ME, Some("good")).await.unwrap(),
-        401,
-        10020,
-        "Invalid token",
-    );
+    assert_app_error(&get(f.addr(), TOKEN, Some("good")).await.unwrap(), 401, 10020, "Invalid token");
+    assert_app_error(&get(f.addr(), ME, Some("good")).await.unwrap(), 401, 10020, "Invalid token");
 
     // A token added at runtime works; a short-lived one stops working once it expires.
     f.add_token(TokenEntry::new("brief", "dave").expires_in(Duration::from_millis(300)));
-    assert_eq!(
-        get(f.addr(), TOKEN, Some("brief")).await.unwrap().status,
-        200
-    );
+    assert_eq!(get(f.addr(), TOKEN, Some("brief")).await.unwrap().status, 200);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        get(f.addr(), TOKEN, Some("brief")).await.unwrap().status,
-        401
-    );
+    assert_eq!(get(f.addr(), TOKEN, Some("brief")).await.unwrap().status, 401);
 }
 
 #[tokio::test]
 async fn unknown_paths_and_methods() {
     let f = fake().await;
-    assert_eq!(
-        get(f.addr(), "/api/V2/nothing", Some("good"))
-            .await
-            .unwrap()
-            .status,
-        404
-    );
+    assert_eq!(get(f.addr(), "/api/V2/nothing", Some("good")).await.unwrap().status, 404);
     // Double slashes are the client's to normalize.
-    assert_eq!(
-        get(f.addr(), "//api/V2/token", Some("good"))
-            .await
-            .unwrap()
-            .status,
-        404
-    );
-    let r = request(f.addr(), "POST", TOKEN, &[("Authorization", "good")], b"{}")
-        .await
-        .unwrap();
+    assert_eq!(get(f.addr(), "//api/V2/token", Some("good")).await.unwrap().status, 404);
+    let r = request(f.addr(), "POST", TOKEN, &[("Authorization", "good")], b"{}").await.unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(r.json()["error"]["httpcode"], 405);
 }
 
 #[tokio::test]
 async fn prefix_serves_under_root_path() {
-    let f = FakeAuth2::start(
-        FakeConfig::new()
-            .prefix("/services/auth/")
-            .token(TokenEntry::new("t", "alice")),
-    )
-    .await
-    .unwrap();
+    let f = FakeAuth2::start(FakeConfig::new().prefix("/services/auth/").token(TokenEntry::new("t", "alice")))
+        .await
+        .unwrap();
     assert_eq!(f.url(), format!("http://{}/services/auth/", f.addr()));
     for root in ["/services/auth", "/services/auth/"] {
         let r = get(f.addr(), root, None).await.unwrap();
         assert_eq!(r.json()["servicename"], "Authentication Service");
     }
-    assert_eq!(
-        get(f.addr(), "/services/auth/api/V2/token", Some("t"))
-            .await
-            .unwrap()
-            .json()["user"],
-        "alice"
-    );
-    assert_eq!(
-        get(f.addr(), "/services/auth/api/V2/me", Some("t"))
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(get(f.addr(), "/services/auth/api/V2/token", Some("t")).await.unwrap().json()["user"], "alice");
+    assert_eq!(get(f.addr(), "/services/auth/api/V2/me", Some("t")).await.unwrap().status, 200);
     assert_eq!(get(f.addr(), TOKEN, Some("t")).await.unwrap().status, 404);
     assert_eq!(get(f.addr(), "/", None).await.unwrap().status, 404);
 }
@@ -258,10 +157,7 @@ async fn keep_alive_connection_serves_many_requests() {
     let f = fake().await;
     let mut c = Conn::connect(f.addr()).await.unwrap();
     for _ in 0..5 {
-        let r = c
-            .send("GET", TOKEN, &[("Authorization", "good")], b"")
-            .await
-            .unwrap();
+        let r = c.send("GET", TOKEN, &[("Authorization", "good")], b"").await.unwrap();
         assert_eq!(r.status, 200);
     }
     assert_eq!(f.requests_for("good"), 5);
@@ -281,10 +177,7 @@ async fn fault_delay() {
     assert!(t.elapsed() < Duration::from_millis(300));
     f.set_fault(Fault::None);
     let t = Instant::now();
-    assert_eq!(
-        get(f.addr(), TOKEN, Some("good")).await.unwrap().status,
-        200
-    );
+    assert_eq!(get(f.addr(), TOKEN, Some("good")).await.unwrap().status, 200);
     assert!(t.elapsed() < Duration::from_millis(300));
 }
 
@@ -348,20 +241,11 @@ async fn fault_ignore_expiry() {
     assert_eq!(v["user"], "carol");
     assert!(v["expires"].as_i64().unwrap() < now_ms(), "{v}");
     // Unknown and revoked tokens stay invalid.
-    assert_eq!(
-        get(f.addr(), TOKEN, Some("nope")).await.unwrap().status,
-        401
-    );
+    assert_eq!(get(f.addr(), TOKEN, Some("nope")).await.unwrap().status, 401);
     f.revoke("good");
-    assert_eq!(
-        get(f.addr(), TOKEN, Some("good")).await.unwrap().status,
-        401
-    );
+    assert_eq!(get(f.addr(), TOKEN, Some("good")).await.unwrap().status, 401);
     f.set_fault(Fault::None);
-    assert_eq!(
-        get(f.addr(), TOKEN, Some("expired")).await.unwrap().status,
-        401
-    );
+    assert_eq!(get(f.addr(), TOKEN, Some("expired")).await.unwrap().status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,39 +253,23 @@ async fn fault_refuse_closes_socket_and_rebinds_same_port() {
     let f = fake().await;
     let addr = f.addr();
     let mut open = Conn::connect(addr).await.unwrap();
-    assert_eq!(
-        open.send("GET", TOKEN, &[("Authorization", "good")], b"")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(open.send("GET", TOKEN, &[("Authorization", "good")], b"").await.unwrap().status, 200);
 
     f.set_fault_wait(Fault::Refuse).await.unwrap();
     assert!(!f.is_listening());
-    let err = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect_err("connect should be refused");
+    let err = tokio::net::TcpStream::connect(addr).await.expect_err("connect should be refused");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-    assert!(
-        open.closed_by_peer(Duration::from_secs(5)).await,
-        "keep-alive connection should be dropped"
-    );
+    assert!(open.closed_by_peer(Duration::from_secs(5)).await, "keep-alive connection should be dropped");
 
     f.set_fault_wait(Fault::None).await.unwrap();
     assert!(f.is_listening());
     assert_eq!(f.addr(), addr);
-    assert_eq!(
-        get(addr, TOKEN, Some("good")).await.unwrap().json()["user"],
-        "alice"
-    );
+    assert_eq!(get(addr, TOKEN, Some("good")).await.unwrap().json()["user"], "alice");
 
     // And again, to show the cycle repeats (TIME_WAIT leftovers do not block rebinding).
     f.set_fault_wait(Fault::Refuse).await.unwrap();
     assert!(get(addr, TOKEN, Some("good")).await.is_err());
-    f.set_fault_wait(Fault::Delay(Duration::from_millis(10)))
-        .await
-        .unwrap();
+    f.set_fault_wait(Fault::Delay(Duration::from_millis(10))).await.unwrap();
     assert_eq!(get(addr, TOKEN, Some("good")).await.unwrap().status, 200);
 }
 
@@ -428,9 +296,7 @@ async fn counters() {
 async fn concurrent_requests() {
     let f = fake().await;
     let addr = f.addr();
-    let tasks: Vec<_> = (0..32)
-        .map(|_| tokio::spawn(async move { get(addr, TOKEN, Some("good")).await }))
-        .collect();
+    let tasks: Vec<_> = (0..32).map(|_| tokio::spawn(async move { get(addr, TOKEN, Some("good")).await })).collect();
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().status, 200);
     }
@@ -439,10 +305,7 @@ async fn concurrent_requests() {
 
 #[tokio::test]
 async fn refuses_non_loopback_bind() {
-    let cfg = FakeConfig {
-        bind: "0.0.0.0".parse().unwrap(),
-        ..FakeConfig::new()
-    };
+    let cfg = FakeConfig { bind: "0.0.0.0".parse().unwrap(), ..FakeConfig::new() };
     let err = FakeAuth2::start(cfg).await.err().expect("must refuse");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
@@ -465,8 +328,7 @@ async fn drop_stops_the_server() {
 #[test]
 fn start_blocking_from_sync_code() {
     use std::io::{Read, Write};
-    let f = FakeAuth2::start_blocking(FakeConfig::new().token(TokenEntry::new("s", "sync-user")))
-        .unwrap();
+    let f = FakeAuth2::start_blocking(FakeConfig::new().token(TokenEntry::new("s", "sync-user"))).unwrap();
     let fetch = || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect(f.addr())?;
         s.set_read_timeout(Some(common::TIMEOUT))?;
@@ -479,10 +341,7 @@ fn start_blocking_from_sync_code() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\"user\":\"sync-user\""), "{resp}");
     f.set_fault_blocking(Fault::Refuse).unwrap();
-    assert_eq!(
-        fetch().unwrap_err().kind(),
-        std::io::ErrorKind::ConnectionRefused
-    );
+    assert_eq!(fetch().unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
     f.set_fault_blocking(Fault::None).unwrap();
     assert!(fetch().unwrap().starts_with("HTTP/1.1 200"));
     let addr = f.addr();

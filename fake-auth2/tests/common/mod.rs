@@ -19,10 +19,7 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -30,18 +27,14 @@ impl Resp {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
 async fn bounded<T>(f: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
-    tokio::time::timeout(TIMEOUT, f).await.unwrap_or_else(|_| {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "test client timed out",
-        ))
-    })
+    tokio::time::timeout(TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "test client timed out")))
 }
 
 /// A client connection that may carry several requests (keep-alive).
@@ -53,23 +46,11 @@ pub struct Conn {
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
         let stream = bounded(TcpStream::connect(addr)).await?;
-        Ok(Conn {
-            stream,
-            buf: Vec::new(),
-        })
+        Ok(Conn { stream, buf: Vec::new() })
     }
 
-    pub async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> io::Result<Resp> {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
-            body.len()
-        );
+    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Resp> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -87,10 +68,7 @@ impl Conn {
         let mut chunk = [0u8; 4096];
         let n = self.stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -106,21 +84,12 @@ impl Conn {
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or("");
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("bad status line {status_line:?}"),
-                )
+        let status =
+            status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}"))
             })?;
         let headers: Vec<(String, String)> = lines
-            .filter_map(|l| {
-                l.split_once(':')
-                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            })
+            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
             .collect();
         let len: usize = headers
             .iter()
@@ -133,20 +102,13 @@ impl Conn {
         }
         let body = self.buf[start..start + len].to_vec();
         self.buf.drain(..start + len);
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        Ok(Resp { status, headers, body })
     }
 
     /// True once the server has closed the connection (EOF or reset), within `within`.
     pub async fn closed_by_peer(&mut self, within: Duration) -> bool {
         let mut b = [0u8; 64];
-        matches!(
-            tokio::time::timeout(within, self.stream.read(&mut b)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        matches!(tokio::time::timeout(within, self.stream.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 }
 
@@ -158,10 +120,7 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Resp> {
-    Conn::connect(addr)
-        .await?
-        .send(method, path, headers, body)
-        .await
+    Conn::connect(addr).await?.send(method, path, headers, body).await
 }
 
 pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> io::Result<Resp> {
@@ -173,12 +132,5 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> io::Resul
 
 pub async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> io::Result<Resp> {
     let b = body.to_string();
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        b.as_bytes(),
-    )
-    .await
+    request(addr, "POST", path, &[("Content-Type", "application/json")], b.as_bytes()).await
 }

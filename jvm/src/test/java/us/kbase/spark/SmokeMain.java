@@ -1,0 +1,100 @@
+package us.kbase.spark;
+
+import java.net.URL;
+
+import org.sparkproject.connect.grpc.Metadata;
+import org.sparkproject.connect.grpc.Status;
+
+import us.kbase.spark.testing.FakeAuth2;
+import us.kbase.spark.testing.RecordingHandler;
+import us.kbase.spark.testing.RecordingServerCall;
+import us.kbase.spark.testing.Tokens;
+
+/**
+ * Run by {@code gradle smokeTest} in a fresh JVM whose classpath has the built jar and Spark's
+ * jars: proves that the interceptor, created the way Spark creates it, loads the library embedded
+ * in the jar and decides calls. Exits non-zero on any surprise.
+ */
+public final class SmokeMain {
+
+    private SmokeMain() {
+    }
+
+    public static void main(String[] args) throws Exception {
+        URL from = KBaseAuthServerInterceptor.class.getProtectionDomain().getCodeSource().getLocation();
+        check(from.getPath().endsWith(".jar"), "the interceptor must come from the built jar, not " + from);
+        check(System.getProperty(NativeAuth.LIBRARY_PROPERTY) == null && System.getenv(NativeAuth.LIBRARY_ENV) == null,
+                "the smoke test must use the embedded library, not an override");
+        try (FakeAuth2 fake = FakeAuth2.start()) {
+            String token = Tokens.newToken();
+            fake.addToken(token, "alice");
+            fake.addToken(Tokens.newToken(), "bob");
+            System.setProperty("spark.kbase.auth.url", fake.url);
+            System.setProperty("spark.kbase.auth.owner", "alice");
+            KBaseAuthServerInterceptor interceptor = new KBaseAuthServerInterceptor();
+            System.out.println("interceptor from " + from + ": " + interceptor);
+
+            Metadata headers = new Metadata();
+            headers.put(Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER), "Bearer " + token);
+            RecordingServerCall allowed = new RecordingServerCall();
+            RecordingHandler handler = new RecordingHandler();
+            interceptor.interceptCall(allowed, headers, handler);
+            check(handler.reached() == 1 && allowed.closeCount() == 0, "the owner's token must be allowed");
+            System.out.println("decision for the owner's token: allow");
+
+            RecordingServerCall denied = new RecordingServerCall();
+            interceptor.interceptCall(denied, new Metadata(), handler);
+            check(denied.status() != null && denied.status().getCode() == Status.Code.UNAUTHENTICATED,
+                    "a call without a token must be UNAUTHENTICATED, got " + denied.status());
+            System.out.println("decision without a token: " + denied.status().getCode() + " ("
+                    + denied.status().getDescription() + ")");
+            check(NativeAuth.panicProbe() == NativeAuth.INTERNAL, "panicProbe must return INTERNAL");
+            exerciseEveryNativePath(fake.url);
+            System.out.println("metrics: " + interceptor.metrics());
+            interceptor.close();
+        }
+        System.out.println("SMOKE OK");
+    }
+
+    /**
+     * Calls every native method once more, the exception-throwing paths included, so that
+     * -Xcheck:jni (which the smokeTest task runs with, failing on any warning) sees them all.
+     */
+    private static void exerciseEveryNativePath(String url) {
+        try {
+            new KBaseAuthServerInterceptor(java.util.Map.of("spark.kbase.auth.url", "::not a url",
+                    "spark.kbase.auth.owner", "alice"));
+            check(false, "a bad URL must be rejected");
+        } catch (IllegalArgumentException expected) {
+            System.out.println("bad configuration rejected: " + expected.getMessage());
+        }
+        KBaseAuthServerInterceptor trusting = new KBaseAuthServerInterceptor(java.util.Map.of(
+                "spark.kbase.auth.url", url, "spark.kbase.auth.owner", "alice",
+                "spark.kbase.auth.trustedAddresses", "127.0.0.1"));
+        RecordingHandler handler = new RecordingHandler();
+        trusting.interceptCall(new RecordingServerCall(), new Metadata(), handler);
+        check(handler.reached() == 1, "a token-less call from a trusted address must be allowed");
+        Metadata bad = new Metadata();
+        bad.put(Metadata.Key.of("x-kbase-token", Metadata.ASCII_STRING_MARSHALLER), "has space");
+        RecordingServerCall malformed = new RecordingServerCall();
+        trusting.interceptCall(malformed, bad, handler);
+        check(malformed.status() != null && malformed.status().getCode() == Status.Code.UNAUTHENTICATED,
+                "a malformed token must be UNAUTHENTICATED");
+        check(!NativeAuth.denialLogLine().isEmpty(), "a denial has a log line");
+        try {
+            NativeAuth.describe(0);
+            check(false, "a null handle must be refused");
+        } catch (IllegalStateException expected) {
+            System.out.println("null handle refused: " + expected.getMessage());
+        }
+        check(NativeAuth.authorize(0, null, null, null) == NativeAuth.INTERNAL, "a null handle must deny INTERNAL");
+        trusting.close();
+    }
+
+    private static void check(boolean ok, String what) {
+        if (!ok) {
+            System.out.println("SMOKE FAILED: " + what);
+            System.exit(1);
+        }
+    }
+}
