@@ -152,7 +152,7 @@ impl Auth2Client {
         };
         tokio::time::timeout(self.request_timeout, exchange)
             .await
-            .map_err(|_| Auth2Error::Unavailable(format!("Auth2 did not answer within {:?}", started.elapsed())))?
+            .map_err(|_| Auth2Error::Unavailable(format!("Auth2 timed out: no answer within {:?}", started.elapsed())))?
     }
 }
 

@@ -1,0 +1,34 @@
+"""Runs one small pyspark Connect query against a URL and prints a JSON verdict.
+
+A separate process, so that environment such as GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (the CA the
+client trusts) is in place before grpc initializes.
+
+usage: python spark_client.py 'sc://localhost:PORT/;use_ssl=true;token=T'
+prints {"ok": true, "rows": [[1, 1], ...]} or {"ok": false, "error": "..."}; exit code 0 either way.
+"""
+
+import json
+import sys
+
+
+def main() -> int:
+    url = sys.argv[1]
+    from pyspark.sql import SparkSession
+
+    try:
+        spark = SparkSession.builder.remote(url).create()
+        try:
+            rows = spark.range(1, 6).selectExpr("id", "id * id AS square").orderBy("id").collect()
+            print(json.dumps({"ok": True, "rows": [list(r) for r in rows]}))
+        finally:
+            try:
+                spark.stop()
+            except Exception:  # noqa: BLE001
+                pass
+    except Exception as e:  # noqa: BLE001
+        print(json.dumps({"ok": False, "type": type(e).__name__, "error": str(e)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
