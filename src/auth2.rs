@@ -150,9 +150,9 @@ impl Auth2Client {
             let status = response.status().as_u16();
             Ok::<_, Auth2Error>((status, read_capped(response).await?))
         };
-        tokio::time::timeout(self.request_timeout, exchange)
-            .await
-            .map_err(|_| Auth2Error::Unavailable(format!("Auth2 timed out: no answer within {:?}", started.elapsed())))?
+        tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| {
+            Auth2Error::Unavailable(format!("Auth2 timed out: no answer within {:?}", started.elapsed()))
+        })?
     }
 }
 

@@ -47,10 +47,14 @@ impl Counter {
 
 #[derive(Default)]
 pub struct Metrics {
-    pub allowed: Counter,
+    /// Allowed from the cache: the hot path, one counter bump and nothing else.
+    allowed_hits: Counter,
+    /// Allowed after an Auth2 exchange, or token-less from a trusted address.
+    allowed_other: Counter,
     denied: [Counter; Reason::ALL.len()],
-    pub cache_hits: Counter,
-    pub cache_misses: Counter,
+    denied_hits: Counter,
+    /// Decisions on a token that went to the miss path (single flight included).
+    cache_misses: Counter,
     pub auth2_requests: Counter,
     pub auth2_failures: Counter,
     pub fail_fast: Counter,
@@ -59,8 +63,24 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn denied(&self, reason: Reason) {
-        self.denied[reason.index()].inc();
+    /// Counts one decision: `denied` is its reason if it was denied; `cache_hit` whether the
+    /// verdict came from the cache (false for calls that never got as far as a token lookup).
+    #[inline]
+    pub fn decided(&self, denied: Option<Reason>, cache_hit: bool) {
+        match (denied, cache_hit) {
+            (None, true) => self.allowed_hits.inc(),
+            (None, false) => self.allowed_other.inc(),
+            (Some(reason), hit) => {
+                self.denied[reason.index()].inc();
+                if hit {
+                    self.denied_hits.inc();
+                }
+            }
+        }
+    }
+
+    pub fn miss(&self) {
+        self.cache_misses.inc();
     }
 
     /// Records one Auth2 exchange (not on the hot path: misses only).
@@ -72,9 +92,9 @@ impl Metrics {
 
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
-            allowed: self.allowed.get(),
+            allowed: self.allowed_hits.get() + self.allowed_other.get(),
             denied: Reason::ALL.iter().map(|r| (r.name(), self.denied[r.index()].get())).collect(),
-            cache_hits: self.cache_hits.get(),
+            cache_hits: self.allowed_hits.get() + self.denied_hits.get(),
             cache_misses: self.cache_misses.get(),
             auth2_requests: self.auth2_requests.get(),
             auth2_failures: self.auth2_failures.get(),
@@ -143,12 +163,13 @@ mod tests {
     #[test]
     fn snapshot_json() {
         let m = Metrics::default();
-        m.allowed.inc();
-        m.denied(Reason::Expired);
-        m.denied(Reason::Expired);
+        m.decided(None, true);
+        m.decided(Some(Reason::Expired), true);
+        m.decided(Some(Reason::Expired), false);
         m.auth2_latency(Duration::from_micros(1500));
         let s = m.snapshot();
         assert_eq!(s.denied_for(Reason::Expired), 2);
+        assert_eq!((s.allowed, s.cache_hits), (1, 2));
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
         assert_eq!(v["allowed"], 1);
         assert_eq!(v["denied"]["expired_token"], 2);

@@ -54,7 +54,7 @@ public final class InterceptBench {
     }
 
     /** The next handler: a plain per-thread counter, so the harness adds no shared writes. */
-    private static final class CountingHandler implements ServerCallHandler<Object, Object> {
+    static final class CountingHandler implements ServerCallHandler<Object, Object> {
         long reached;
 
         @Override

@@ -8,8 +8,6 @@ import java.util.Locale;
 import org.apache.logging.log4j.Level;
 import org.apache.logging.log4j.core.config.Configurator;
 import org.sparkproject.connect.grpc.Metadata;
-import org.sparkproject.connect.grpc.ServerCall;
-import org.sparkproject.connect.grpc.ServerCallHandler;
 
 import us.kbase.spark.KBaseAuthServerInterceptor;
 import us.kbase.spark.testing.FakeAuth2;
@@ -32,17 +30,6 @@ public final class Soak {
             Metadata.Key.of("x-kbase-token", Metadata.ASCII_STRING_MARSHALLER);
 
     private Soak() {
-    }
-
-    private static final class Handler implements ServerCallHandler<Object, Object> {
-        long reached;
-
-        @Override
-        public ServerCall.Listener<Object> startCall(ServerCall<Object, Object> call, Metadata headers) {
-            reached++;
-            return new ServerCall.Listener<Object>() {
-            };
-        }
     }
 
     private static long rssKib() throws Exception {
@@ -73,7 +60,7 @@ public final class Soak {
             Metadata ownerHeaders = new Metadata();
             ownerHeaders.put(KBASE_TOKEN, owner);
             RecordingServerCall call = new RecordingServerCall();
-            Handler handler = new Handler();
+            InterceptBench.CountingHandler handler = new InterceptBench.CountingHandler();
 
             int checkpoint = TOTAL / 2;
             long rssMid = 0;
