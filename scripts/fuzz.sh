@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 cases="${1:-200000}"
 echo "fuzz: $cases cases per target (release build)"
 FUZZ_CASES="$cases" timeout 1200 cargo test --release --test fuzz -- --nocapture --test-threads=1 2>&1 \
-  | grep -E '^fuzz |test result|panicked|minimal failing input' -A3
+  | grep -E 'fuzz [a-z_0-9]+: |test result|panicked|minimal failing input' -A3
