@@ -8,7 +8,8 @@
 #
 # Usage: scripts/test.sh [--quick] [--slow] [--e2e-only] [-- PYTEST_ARGS...]
 #   --quick      stop after step 4 (no end-to-end tests)
-#   --slow       also run the tests marked soak/bench (excluded by default)
+#   --slow       also run the soaks (Rust, JVM, e2e) and the e2e latency benchmark
+#                (excluded by default: about 10 more minutes)
 #   --e2e-only   skip steps 2 and 4 except for building the jar (for iterating on tests/e2e)
 #   -- ARGS      extra arguments for pytest, e.g. -- -k tls -x
 set -euo pipefail
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --slow) slow=1 ;;
     --e2e-only) e2e_only=1 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; pytest_extra=("$@"); break ;;
     *) die "unknown option: $1 (see scripts/test.sh --help)" ;;
   esac
@@ -73,6 +74,11 @@ fi
 jar="$(find_jar)"
 [ -n "$jar" ] || die "gradle finished but no build/libs/kbase-spark-auth-*.jar exists"
 info "jar: $jar ($(du -h "$jar" | cut -f1))"
+
+if [ $slow -eq 1 ] && [ $e2e_only -eq 0 ]; then
+  step "soak (Rust core)" cargo test --release --test soak -- --ignored --nocapture
+  step "soak (JVM)" gradle "${gradle_args[@]}" soak
+fi
 
 if [ $quick -eq 1 ]; then
   log "--quick: skipping the end-to-end tests"

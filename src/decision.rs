@@ -144,14 +144,6 @@ impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow { .. })
     }
-
-    /// 0 for allow, the gRPC status code otherwise: the value that crosses the JNI boundary.
-    pub fn status_value(&self) -> i32 {
-        match self {
-            Decision::Allow { .. } => 0,
-            Decision::Deny(d) => d.code() as i32,
-        }
-    }
 }
 
 /// `2026-11-21T10:00:00Z` from epoch milliseconds, for "expired at" messages (no date crate needed).
