@@ -3,9 +3,12 @@ naming the setting; and the optional trusted-address bypass."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
 
-from harness import SparkServer, bearer, config_rpc, expect, start_servers
+from harness import SparkServer, bearer, config_rpc, expect, free_port, start_servers
 
 EXIT_TIMEOUT_S = 150
 
@@ -62,11 +65,16 @@ def test_bad_configuration_refuses_to_start(failed_starts, name):
 @pytest.mark.slow
 def test_trusted_addresses(workdir, main, all_servers):
     """trustedAddresses=127.0.0.1 lets token-less calls from loopback through (off by default,
-    a documented hazard behind a same-host proxy) while tokens that are present still count."""
+    a documented hazard behind a same-host proxy) while tokens that are present still count.
+    The same server has its UI on, to check the plugin's counters in Spark's metrics system."""
+    ui_port = free_port()
     s = SparkServer(workdir, "trusted", {
         "spark.kbase.auth.url": main.fake.url,
         "spark.kbase.auth.owner": "alice",
         "spark.kbase.auth.trustedAddresses": "127.0.0.1",
+        "spark.ui.enabled": "true",
+        "spark.ui.port": str(ui_port),
+        "spark.port.maxRetries": "0",
     }, driver_memory="512m")
     all_servers.append(s)
     try:
@@ -76,5 +84,15 @@ def test_trusted_addresses(workdir, main, all_servers):
         # A token that is present is still checked.
         expect(config_rpc(s.target, bearer(main.t["bob"])), "PERMISSION_DENIED", "bob", "alice")
         expect(config_rpc(s.target, [("x-kbase-token", "a b")]), "UNAUTHENTICATED", "malformed")
+
+        # The counters, as Spark's own metrics servlet reports them (source "kbaseAuth").
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/metrics/json/", timeout=20) as r:
+            gauges = json.load(r)["gauges"]
+        kbase = {k.split(".kbaseAuth.", 1)[1]: v["value"] for k, v in gauges.items() if ".kbaseAuth." in k}
+        assert kbase, f"no kbaseAuth gauges among {sorted(gauges)[:20]}"
+        assert kbase["allowed"] >= 2, kbase
+        assert kbase["denied.user_not_allowed"] >= 1, kbase
+        assert kbase["denied.malformed_token"] >= 1, kbase
+        assert kbase["auth2Requests"] >= 1, kbase
     finally:
         s.stop()

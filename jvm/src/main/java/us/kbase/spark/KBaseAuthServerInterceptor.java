@@ -65,6 +65,10 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
      */
     public KBaseAuthServerInterceptor() {
         this(gatherSettings(sparkSettings(), System.getenv()));
+        SparkEnv env = SparkEnv.get();
+        if (env != null) {
+            env.metricsSystem().registerSource(new KBaseAuthMetricsSource(this::metrics));
+        }
     }
 
     /** Creates an interceptor from exactly these settings (keys as documented for {@link NativeAuth#create}). */

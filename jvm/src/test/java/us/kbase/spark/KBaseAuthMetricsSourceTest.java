@@ -1,0 +1,62 @@
+package us.kbase.spark;
+
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertTrue;
+
+import java.util.List;
+import java.util.Map;
+
+import com.codahale.metrics.Gauge;
+
+import org.junit.AfterClass;
+import org.junit.BeforeClass;
+import org.junit.Test;
+
+import us.kbase.spark.testing.FakeAuth2;
+import us.kbase.spark.testing.Tokens;
+
+/** The Spark metrics source reports the native counters as they move. */
+public class KBaseAuthMetricsSourceTest {
+
+    private static FakeAuth2 fake;
+
+    @BeforeClass
+    public static void startFake() throws Exception {
+        fake = FakeAuth2.start();
+    }
+
+    @AfterClass
+    public static void stopFake() {
+        fake.close();
+    }
+
+    private static long gauge(KBaseAuthMetricsSource source, String name) {
+        Gauge<?> g = source.metricRegistry().getGauges().get(name);
+        assertTrue("no gauge " + name + " in " + source.metricRegistry().getGauges().keySet(), g != null);
+        return (Long) g.getValue();
+    }
+
+    @Test
+    public void gaugesFollowTheCounters() throws Exception {
+        String token = Tokens.newToken();
+        fake.addToken(token, "alice", 3_600_000L, "Used", List.of(), 300_000L);
+        KBaseAuthServerInterceptor i = new KBaseAuthServerInterceptor(Map.of(
+                "spark.kbase.auth.url", fake.url, "spark.kbase.auth.owner", "alice"));
+        KBaseAuthMetricsSource source = new KBaseAuthMetricsSource(i::metrics);
+        assertEquals("kbaseAuth", source.sourceName());
+        assertEquals(0, gauge(source, "allowed"));
+
+        for (int n = 0; n < 3; n++) {
+            assertTrue(KBaseAuthServerInterceptorTest.call(i, "Bearer " + token, null).allowed());
+        }
+        KBaseAuthServerInterceptorTest.call(i, null, null);
+
+        assertEquals(3, gauge(source, "allowed"));
+        assertEquals(2, gauge(source, "cacheHits"));
+        assertEquals(1, gauge(source, "cacheMisses"));
+        assertEquals(1, gauge(source, "auth2Requests"));
+        assertEquals(1, gauge(source, "denied.missing_token"));
+        assertEquals(0, gauge(source, "denied.user_not_allowed"));
+        i.close();
+    }
+}
