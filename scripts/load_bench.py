@@ -59,7 +59,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import signal
 import statistics
 import sys
@@ -365,17 +364,7 @@ def main() -> int:
     # SIGTERM (and SIGINT) unwind normally so that the finally block and atexit stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    work_root = REPO_ROOT / ".e2e-work"
-    work_root.mkdir(exist_ok=True)
-    old = sorted(p for p in work_root.glob("load-bench-*") if p.is_dir())
-    for p in old[: max(0, len(old) - (KEEP_RUNS - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
-    workdir = work_root / time.strftime(f"load-bench-%Y%m%d-%H%M%S-{os.getpid()}")
-    workdir.mkdir()
-    jar = harness.find_jar()
-    snap = workdir / jar.name  # a rebuild during the run must not change the jar under us
-    shutil.copy2(jar, snap)
-    os.environ["KBASE_E2E_JAR"] = str(snap)
+    workdir = harness.new_work_dir("load-bench", KEEP_RUNS)
 
     log(f"work directory (logs): {workdir}")
     log(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
@@ -413,7 +402,7 @@ def main() -> int:
             "N2": "no interceptor (noise floor N2/N)",
             "C": "plugin, owner alice, spark.kbase.auth.cache.maxTtl=1ms (cache effectively off)",
         },
-        "jar": jar.name,
+        "jar": os.path.basename(os.environ["KBASE_E2E_JAR"]),
         "workloads": {},
     }
     ok = False

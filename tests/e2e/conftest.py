@@ -15,9 +15,6 @@ interpreter exit). Everything each test run writes is under ``.e2e-work/run-*/``
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,19 +39,8 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def workdir() -> Path:
-    root = harness.REPO_ROOT / ".e2e-work"
-    root.mkdir(exist_ok=True)
-    runs = sorted(p for p in root.glob("run-*") if p.is_dir())
-    for old in runs[: max(0, len(runs) - (KEEP_RUNS - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
-    d = root / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}")
-    d.mkdir()
+    d = harness.new_work_dir("run", KEEP_RUNS)
     print(f"\ne2e work directory (logs): {d}")
-    # Snapshot the jar: a rebuild during the run must not change (or remove) it under us.
-    jar = harness.find_jar()
-    snap = d / jar.name
-    shutil.copy2(jar, snap)
-    os.environ["KBASE_E2E_JAR"] = str(snap)
     return d
 
 

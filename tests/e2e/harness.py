@@ -101,6 +101,24 @@ def find_java_home() -> Path:
 # ----------------------------------------------------------------------------- small helpers
 
 
+def new_work_dir(prefix: str, keep: int) -> Path:
+    """A fresh directory .e2e-work/<prefix>-<time>-<pid> (keeping the newest `keep` - 1 older
+    ones), holding a snapshot of the jar that KBASE_E2E_JAR then points at: a rebuild during the
+    run must not change (or remove) the jar under us."""
+    root = REPO_ROOT / ".e2e-work"
+    root.mkdir(exist_ok=True)
+    runs = sorted(p for p in root.glob(f"{prefix}-*") if p.is_dir())
+    for old in runs[: max(0, len(runs) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+    d = root / time.strftime(f"{prefix}-%Y%m%d-%H%M%S-{os.getpid()}")
+    d.mkdir()
+    jar = find_jar()
+    snap = d / jar.name
+    shutil.copy2(jar, snap)
+    os.environ["KBASE_E2E_JAR"] = str(snap)
+    return d
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

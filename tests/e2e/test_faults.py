@@ -65,7 +65,6 @@ def test_unavailable_is_fast_under_load(short, tokens, clean_faults):
     """16 concurrent new tokens against a slow Auth2: all UNAVAILABLE, bounded by the timeout."""
     short.fake.fault("delay", 10_000)
     toks = [short.fake.add_token(tokens.new(), "alice", customroles=["spark_user"]) for _ in range(16)]
-    import grpc  # noqa: F401 - imported for the futures API below
     from harness import _stub, config_request
 
     stub = _stub(short.target, None)

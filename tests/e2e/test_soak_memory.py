@@ -52,6 +52,16 @@ def java_pid(root: int) -> int:
     raise RuntimeError(f"no java process under {root}")
 
 
+def _count(future, codes: dict) -> None:
+    """Waits for one RPC future and counts its status code."""
+    try:
+        future.result()
+        c = "OK"
+    except Exception as e:  # noqa: BLE001
+        c = e.code().name
+    codes[c] = codes.get(c, 0) + 1
+
+
 @pytest.mark.soak
 @pytest.mark.timeout(3600)
 def test_rss_flat_with_rotating_tokens(workdir, tokens, all_servers):
@@ -88,20 +98,9 @@ def test_rss_flat_with_rotating_tokens(workdir, tokens, all_servers):
                     tok = valid[(n * 7) % VALID_PER_PHASE]     # mostly hits
                 inflight.append(stub.Config.future(config_request(), metadata=bearer(tok), timeout=30))
                 if len(inflight) >= WINDOW:
-                    f = inflight.pop(0)
-                    try:
-                        f.result()
-                        c = "OK"
-                    except Exception as e:  # noqa: BLE001
-                        c = e.code().name
-                    codes[c] = codes.get(c, 0) + 1
+                    _count(inflight.pop(0), codes)
             for f in inflight:
-                try:
-                    f.result()
-                    c = "OK"
-                except Exception as e:  # noqa: BLE001
-                    c = e.code().name
-                codes[c] = codes.get(c, 0) + 1
+                _count(f, codes)
             samples.append({"phase": phase, "rss_mb": round(rss_kb(pid) / 1024, 1),
                             "secs": round(time.monotonic() - t0, 1), "codes": codes})
             print(json.dumps(samples[-1]), flush=True)

@@ -4,7 +4,6 @@ of Spark Connect's plaintext port, and clients with `use_ssl=true;token=...`."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
