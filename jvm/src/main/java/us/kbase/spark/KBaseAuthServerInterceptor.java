@@ -38,7 +38,8 @@ import scala.Tuple2;
 public final class KBaseAuthServerInterceptor implements ServerInterceptor {
 
     static final String SETTINGS_PREFIX = "spark.kbase.auth.";
-    static final String INTERNAL_ERROR_MESSAGE = "internal error in KBase auth plugin; see server log";
+    /** The same words as the native side's INTERNAL denial. */
+    static final String INTERNAL_ERROR_MESSAGE = "internal error in the KBase auth plugin; see the Spark server log";
 
     private static final Logger LOG = LoggerFactory.getLogger(KBaseAuthServerInterceptor.class);
     private static final Cleaner CLEANER = Cleaner.create();
