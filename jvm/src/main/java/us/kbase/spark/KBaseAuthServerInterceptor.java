@@ -75,13 +75,7 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
     /** Creates an interceptor from exactly these settings (keys as documented for {@link NativeAuth#create}). */
     KBaseAuthServerInterceptor(Map<String, String> settings) {
         NativeAuth.load();
-        String[] keysAndValues = new String[settings.size() * 2];
-        int i = 0;
-        for (Map.Entry<String, String> e : settings.entrySet()) {
-            keysAndValues[i++] = e.getKey();
-            keysAndValues[i++] = e.getValue();
-        }
-        long h = NativeAuth.create(keysAndValues);
+        long h = NativeAuth.create(keysAndValues(settings));
         if (h == 0) {
             throw new IllegalStateException("the KBase auth native library returned no authenticator");
         }
@@ -96,6 +90,17 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         this.handle = h;
         this.cleanable = CLEANER.register(this, release);
         LOG.info("{}", description);
+    }
+
+    /** The settings as the alternating key/value array {@link NativeAuth#create} takes. */
+    static String[] keysAndValues(Map<String, String> settings) {
+        String[] pairs = new String[settings.size() * 2];
+        int i = 0;
+        for (Map.Entry<String, String> e : settings.entrySet()) {
+            pairs[i++] = e.getKey();
+            pairs[i++] = e.getValue();
+        }
+        return pairs;
     }
 
     /**

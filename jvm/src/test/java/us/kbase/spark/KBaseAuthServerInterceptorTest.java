@@ -235,14 +235,7 @@ public class KBaseAuthServerInterceptorTest {
      */
     @Test
     public void headerTextCrossesJniExactly() throws Exception {
-        Map<String, String> conf = settings();
-        String[] pairs = new String[conf.size() * 2];
-        int n = 0;
-        for (Map.Entry<String, String> e : conf.entrySet()) {
-            pairs[n++] = e.getKey();
-            pairs[n++] = e.getValue();
-        }
-        long h = NativeAuth.create(pairs);
+        long h = NativeAuth.create(KBaseAuthServerInterceptor.keysAndValues(settings()));
         try {
             String nonAscii = "t\u00f6k\u00e9n\ud83d\ude00" + unregisteredToken();
             SECRETS.add(nonAscii);
