@@ -1,7 +1,8 @@
 //! The control API, on its own port so it keeps answering while the Auth2 port refuses.
 //!
 //! `POST /tokens` (an entry or an array of entries), `POST /revoke {"token":T}`,
-//! `POST /fault {"mode":…,"delay_ms":N}`, `GET /fault`, `GET /counts`, `POST /reset`,
+//! `POST /fault {"mode":…,"delay_ms":N}`, `GET /fault`, `GET /counts` (`total`, `by_token`,
+//! `untracked`, and `redirected`: requests the redirect target received), `POST /reset`,
 //! `GET /health`. Bad requests get 400 with `{"error": message}`.
 
 use crate::model::{Fault, TokenEntry};
@@ -79,7 +80,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         (&Method::GET, "/health") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/counts") => {
             let (total, by_token, untracked) = state.counts();
-            ok(j!({ "total": total, "by_token": by_token, "untracked": untracked }))
+            let redirected = state.redirected();
+            ok(j!({ "total": total, "by_token": by_token, "untracked": untracked, "redirected": redirected }))
         }
         (&Method::POST, "/reset") => {
             state.reset_counts();

@@ -154,9 +154,32 @@ pub enum Fault {
     NoUser,
     /// 200 for expired tokens, reporting their past `expires` (a server that does not check).
     IgnoreExpiry,
+    /// 400 with an HTML body, as a proxy or web application firewall in front of Auth2 sends.
+    Status400Html,
+    /// 400 with JSON that is not Auth2's error object (e.g. a gateway's own error format).
+    Status400Json,
+    /// 302 with `Location` on the fake's redirect target: a second listener that answers like
+    /// the fake (a client that followed would get a real answer) and counts every request it
+    /// receives, so a test can prove the token never left for another place.
+    Redirect,
 }
 
 impl Fault {
+    /// Every mode name the control API accepts.
+    pub const MODES: &'static [&'static str] = &[
+        "none",
+        "refuse",
+        "delay",
+        "status503",
+        "html502",
+        "malformed",
+        "nouser",
+        "ignore_expiry",
+        "status400html",
+        "status400json",
+        "redirect",
+    ];
+
     /// Parses the control API's `{"mode": …, "delay_ms": …}`.
     pub fn parse(mode: &str, delay_ms: Option<u64>) -> Result<Fault, String> {
         Ok(match mode {
@@ -171,11 +194,10 @@ impl Fault {
             "malformed" => Fault::Malformed,
             "nouser" => Fault::NoUser,
             "ignore_expiry" => Fault::IgnoreExpiry,
-            other => {
-                return Err(format!(
-                "unknown mode {other:?}; expected none|refuse|delay|status503|html502|malformed|nouser|ignore_expiry"
-            ))
-            }
+            "status400html" => Fault::Status400Html,
+            "status400json" => Fault::Status400Json,
+            "redirect" => Fault::Redirect,
+            other => return Err(format!("unknown mode {other:?}; expected {}", Fault::MODES.join("|"))),
         })
     }
 
@@ -190,6 +212,9 @@ impl Fault {
             Fault::Malformed => "malformed",
             Fault::NoUser => "nouser",
             Fault::IgnoreExpiry => "ignore_expiry",
+            Fault::Status400Html => "status400html",
+            Fault::Status400Json => "status400json",
+            Fault::Redirect => "redirect",
         }
     }
 }
@@ -253,9 +278,10 @@ mod tests {
 
     #[test]
     fn fault_parse_roundtrip() {
-        for m in ["none", "refuse", "status503", "html502", "malformed", "nouser", "ignore_expiry"] {
+        for &m in Fault::MODES.iter().filter(|m| **m != "delay") {
             assert_eq!(Fault::parse(m, None).unwrap().mode_name(), m);
         }
+        assert_eq!(Fault::MODES.len(), 11);
         assert_eq!(Fault::parse("delay", Some(250)).unwrap(), Fault::Delay(Duration::from_millis(250)));
         assert!(Fault::parse("delay", None).is_err());
         assert!(Fault::parse("slow", None).is_err());

@@ -119,7 +119,10 @@ public final class FakeAuth2 implements AutoCloseable {
         post("/revoke", o);
     }
 
-    /** Sets the fault mode: none, refuse, delay, status503, html502, malformed, nouser, ignore_expiry. */
+    /**
+     * Sets the fault mode: none, refuse, delay, status503, html502, malformed, nouser, ignore_expiry,
+     * status400html, status400json, redirect (see {@code fake-auth2 --help}).
+     */
     public void fault(String mode) throws IOException, InterruptedException {
         fault(mode, 0);
     }
@@ -147,6 +150,11 @@ public final class FakeAuth2 implements AutoCloseable {
     public JsonObject counts() throws IOException, InterruptedException {
         return JsonParser.parseString(send(HttpRequest.newBuilder(URI.create(controlUrl + "/counts")).GET()))
                 .getAsJsonObject();
+    }
+
+    /** Requests the redirect target (where the {@code redirect} fault points) has received. */
+    public long redirectedRequests() throws IOException, InterruptedException {
+        return counts().get("redirected").getAsLong();
     }
 
     /** Resets the request counters. */
