@@ -15,7 +15,7 @@ interpreter exit). Everything each test run writes is under ``.e2e-work/run-*/``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -69,10 +69,16 @@ class Env:
     server: SparkServer
     fake: FakeAuth2
     t: dict  # name -> token
+    owner_fields: dict = field(default_factory=dict)  # what this server's policy requires
 
     @property
     def target(self) -> str:
         return self.server.target
+
+    def owner_token(self, reg: TokenRegistry, **fields) -> str:
+        """A new token of the owner ``alice`` that this server's policy admits, known to its fake
+        (``fields`` add to or override the policy's, e.g. ``expires_in_ms``)."""
+        return self.fake.add_token(reg.new(), "alice", **{**self.owner_fields, **fields})
 
 
 def _main_tokens(reg: TokenRegistry) -> tuple[dict, list]:
@@ -136,7 +142,8 @@ def envs(workdir, tokens, all_servers) -> dict:
     }, env={"USER": "alice", "KBASE_AUTH_URL": fake_short.url})
     all_servers.extend([main, short])
     harness.start_servers([main, short])
-    yield {"main": Env(main, fake_main, mt), "short": Env(short, fake_short, st)}
+    yield {"main": Env(main, fake_main, mt, {"mfa": "Used"}),
+           "short": Env(short, fake_short, st, {"customroles": ["spark_user"]})}
     for s in (main, short):
         s.stop()
     fake_main.stop()

@@ -25,6 +25,7 @@ public final class FakeAuth2 implements AutoCloseable {
 
     public static final String BIN_PROPERTY = "fakeAuth2.bin";
     private static final Duration START_DEADLINE = Duration.ofSeconds(30);
+    private static FakeAuth2 shared;
 
     private final Process process;
     private final Path workDir;
@@ -45,8 +46,31 @@ public final class FakeAuth2 implements AutoCloseable {
         this.controlUrl = controlUrl;
     }
 
+    /**
+     * The fake shared by the JUnit classes of one test JVM: started on first use, stopped when the
+     * JVM exits (and by itself after an hour at most). Tests that set a fault set it back to
+     * {@code none}; counts are per token, so tests use fresh tokens or compare before/after.
+     */
+    public static synchronized FakeAuth2 shared() {
+        if (shared == null || !shared.process.isAlive()) {
+            try {
+                shared = start(3600);
+            } catch (IOException e) {
+                throw new IllegalStateException("cannot start the fake Auth2: " + e, e);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("interrupted while starting the fake Auth2", e);
+            }
+        }
+        return shared;
+    }
+
     /** Starts the binary on ephemeral loopback ports and waits (bounded) until it is listening. */
     public static FakeAuth2 start() throws IOException, InterruptedException {
+        return start(600);
+    }
+
+    private static FakeAuth2 start(int maxLifetimeSecs) throws IOException, InterruptedException {
         String bin = System.getProperty(BIN_PROPERTY);
         if (bin == null || !new File(bin).canExecute()) {
             throw new IllegalStateException("fake Auth2 binary not found: set -D" + BIN_PROPERTY
@@ -55,7 +79,7 @@ public final class FakeAuth2 implements AutoCloseable {
         Path dir = Files.createTempDirectory("fake-auth2-");
         Path ready = dir.resolve("ready.json");
         Process p = new ProcessBuilder(bin, "--port", "0", "--control-port", "0",
-                "--ready-file", ready.toString(), "--max-lifetime-secs", "600")
+                "--ready-file", ready.toString(), "--max-lifetime-secs", String.valueOf(maxLifetimeSecs))
                 .redirectErrorStream(true)
                 .redirectOutput(dir.resolve("output.log").toFile())
                 .start();
