@@ -140,7 +140,7 @@ public class NativeAuthLoaderTest {
      */
     @Test
     public void environmentVariableNamesTheLibraryAndThePropertyWins() throws Exception {
-        Path copy = embeddedLibraryCopy("env-copy.so");
+        Path copy = embeddedLibraryCopy("libkbase_spark_auth-env-copy.so");
         Map<String, String> out = probe(Map.of(NativeAuth.LIBRARY_ENV, copy.toString()));
         assertEquals(out.toString(), "13", out.get("panicProbe"));
         assertEquals("the child mapped exactly the named file", copy.toRealPath().toString(), out.get("mapped"));
