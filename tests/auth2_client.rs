@@ -38,8 +38,9 @@ fn lookup(s: &Settings, token: &str) -> Result<TokenInfo, Auth2Error> {
 
 fn unavailable(r: Result<TokenInfo, Auth2Error>) -> String {
     match r {
-        Err(Auth2Error::Unavailable(detail)) => detail,
-        other => panic!("expected Unavailable, got {other:?}"),
+        // Either kind of "could not be checked" (a service failure, or an answer that is no answer).
+        Err(Auth2Error::ServiceFailure(detail) | Auth2Error::BadAnswer(detail)) => detail,
+        other => panic!("expected the token to be unchecked (ServiceFailure/BadAnswer), got {other:?}"),
     }
 }
 

@@ -30,7 +30,7 @@ fn https_trusted_through_ssl_cert_file() {
 
     // Before: the CA is in no store, so the certificate is refused.
     match lookup(&url) {
-        Err(Auth2Error::Unavailable(d)) => assert!(d.to_lowercase().contains("certificate"), "{d}"),
+        Err(Auth2Error::ServiceFailure(d)) => assert!(d.to_lowercase().contains("certificate"), "{d}"),
         other => panic!("expected an untrusted certificate, got {other:?}"),
     }
 

@@ -45,8 +45,13 @@ fn holds(r: Result<(), String>) -> Result<(), TestCaseError> {
 
 #[test]
 fn fuzz_token_extraction() {
-    run("token_extract", (header_value(), header_value()), |(auth, kbase)| {
-        holds(fuzz_invariants::token_extract(auth.as_deref(), kbase.as_deref()))
+    // Each header repeated 0 to 3 times, as gRPC metadata can carry it.
+    let values =
+        || prop::collection::vec(header_value(), 0..4).prop_map(|v| v.into_iter().flatten().collect::<Vec<_>>());
+    run("token_extract", (values(), values()), |(auth, kbase)| {
+        let (a, k): (Vec<&str>, Vec<&str>) =
+            (auth.iter().map(String::as_str).collect(), kbase.iter().map(String::as_str).collect());
+        holds(fuzz_invariants::token_extract(&a, &k))
     });
 }
 

@@ -23,6 +23,10 @@ fn expected() -> Vec<(&'static str, &'static str, Box<dyn Fn(&Settings) -> bool>
         ("spark.kbase.auth.cache.maxEntries", "`10000`", Box::new(|s| s.cache_max_entries == 10_000)),
         ("spark.kbase.auth.cache.maxTtl", "`5m`", Box::new(|s| s.cache_max_ttl == Duration::from_secs(300))),
         ("spark.kbase.auth.cache.invalidTtl", "`5s`", Box::new(|s| s.cache_invalid_ttl == Duration::from_secs(5))),
+        ("spark.kbase.auth.cache.refreshAhead", "`30s`", Box::new(|s| s.refresh_ahead == Duration::from_secs(30))),
+        ("spark.kbase.auth.cache.staleIfError", "`0ms` (off)", Box::new(|s| s.stale_if_error.is_zero())),
+        ("spark.kbase.auth.newTokens.perSecond", "`10`", Box::new(|s| s.new_tokens_per_second == 10)),
+        ("spark.kbase.auth.newTokens.burst", "`20`", Box::new(|s| s.new_tokens_burst == 20)),
         ("spark.kbase.auth.connectTimeout", "`2s`", Box::new(|s| s.connect_timeout == Duration::from_secs(2))),
         ("spark.kbase.auth.requestTimeout", "`5s`", Box::new(|s| s.request_timeout == Duration::from_secs(5))),
         ("spark.kbase.auth.caBundle", "–", Box::new(|s| s.ca_bundle.is_none())),
@@ -38,9 +42,9 @@ fn defaults_from_nothing_but_the_owner() {
     let s = Settings::from_map(&HashMap::from([("USER".to_string(), "alice".to_string())])).unwrap();
     let wrong: Vec<_> =
         expected().into_iter().filter(|(_, _, ok)| !ok(&s)).map(|(k, d, _)| format!("{k} (README: {d})")).collect();
-    assert!(wrong.is_empty(), "defaults differ from the README: {wrong:?}\n{}", s.describe());
+    assert!(wrong.is_empty(), "defaults differ from the README: {wrong:?}\n{}", format!("{s:?}"));
     // The start-up line states them in the same words a user writes them in.
-    let line = s.describe();
+    let line = format!("{s:?}");
     for part in [
         "url=https://kbase.us/services/auth/",
         "owner=alice",

@@ -18,26 +18,24 @@ macro_rules! ensure {
     };
 }
 
-/// Token extraction from the `authorization` and `x-kbase-token` values: never panics; an
-/// accepted token is non-empty, at most 4096 bytes, without white space or control characters,
-/// and comes from a header; `Missing` only without headers; `TooLong` only for a long value;
-/// `Ambiguous` only with both headers.
-pub fn token_extract(auth: Option<&str>, kbase: Option<&str>) -> Result<(), String> {
+/// Token extraction from all values of the (repeatable) `authorization` and `x-kbase-token`
+/// headers: never panics; an accepted token is non-empty, at most 4096 bytes, without white
+/// space or control characters, and every value names this very token; `Missing` only without
+/// any value; `TooLong` only for a long value; `Ambiguous` only with at least two values.
+pub fn token_extract(auth: &[&str], kbase: &[&str]) -> Result<(), String> {
     match extract(auth, kbase) {
         Ok(t) => {
             let t = t.expose();
             ensure!(!t.is_empty() && t.len() <= MAX_TOKEN_BYTES, "accepted a token of {} bytes", t.len());
             ensure!(!t.chars().any(|c| c.is_whitespace() || c.is_control()), "accepted a token with spaces/controls");
-            let inside = |h: Option<&str>| h.is_some_and(|h| h.contains(t));
-            ensure!(inside(auth) || inside(kbase), "accepted a token that is in no header");
+            ensure!(auth.iter().chain(kbase).all(|h| h.contains(t)), "accepted a token that some value does not carry");
         }
-        Err(TokenError::Missing) => ensure!(auth.is_none() && kbase.is_none(), "Missing with a header present"),
+        Err(TokenError::Missing) => ensure!(auth.is_empty() && kbase.is_empty(), "Missing with a value present"),
         // (TokenError carries no data, so its text cannot quote the input.)
-        Err(TokenError::TooLong) => ensure!(
-            [auth, kbase].into_iter().flatten().any(|h| h.trim().len() > MAX_TOKEN_BYTES),
-            "TooLong without a long header"
-        ),
-        Err(TokenError::Ambiguous) => ensure!(auth.is_some() && kbase.is_some(), "Ambiguous with one header"),
+        Err(TokenError::TooLong) => {
+            ensure!(auth.iter().chain(kbase).any(|h| h.trim().len() > MAX_TOKEN_BYTES), "TooLong without a long value")
+        }
+        Err(TokenError::Ambiguous) => ensure!(auth.len() + kbase.len() >= 2, "Ambiguous with one value"),
         Err(_) => {}
     }
     Ok(())
@@ -64,6 +62,10 @@ pub const SETTINGS_KEYS: &[&str] = &[
     "spark.kbase.auth.failFast.threshold",
     "spark.kbase.auth.failFast.cooldown",
     "spark.kbase.auth.maxConcurrentRequests",
+    "spark.kbase.auth.cache.refreshAhead",
+    "spark.kbase.auth.cache.staleIfError",
+    "spark.kbase.auth.newTokens.perSecond",
+    "spark.kbase.auth.newTokens.burst",
     "spark.kbase.auth.typo",
 ];
 
@@ -84,20 +86,41 @@ pub fn settings(map: &HashMap<String, String>) -> Result<(), String> {
 }
 
 /// Auth2 answers (status and body) for `/api/V2/token` and `/api/V2/me`: never panics; only a
-/// 200 can allow (with a non-empty user); only 400/401 can mean "invalid"; everything else is
-/// "unavailable".
+/// 200 can allow (with a non-empty user); "invalid token" only for a 400/401 carrying Auth2's own
+/// error JSON (an `error` object whose `httpcode` is the status), never for a proxy's 400 or
+/// anything else; only a 5xx counts as a service failure (for the breaker); everything else that
+/// is not an answer is a bad answer.
 pub fn auth2_answer(status: u16, body: &[u8]) -> Result<(), String> {
     match parse_token_answer(status, body) {
         Ok(info) => {
             ensure!(status == 200, "a {status} answer was taken as valid");
             ensure!(!info.identity.user.is_empty(), "valid with an empty user");
         }
-        Err(Auth2Error::Invalid) => ensure!(status == 400 || status == 401, "{status} taken as 'invalid token'"),
-        Err(Auth2Error::Unavailable(_)) => ensure!(status != 401, "401 taken as 'unavailable'"),
+        Err(Auth2Error::Invalid) => {
+            ensure!(status == 400 || status == 401, "{status} taken as 'invalid token'");
+            ensure!(
+                is_auth2_error_json(status, body),
+                "a {status} without Auth2's error JSON taken as 'invalid token'"
+            );
+        }
+        Err(Auth2Error::ServiceFailure(_)) => {
+            ensure!((500..600).contains(&status), "{status} counted as a service failure")
+        }
+        Err(Auth2Error::BadAnswer(_)) => {
+            ensure!(!(500..600).contains(&status), "{status} not counted as a service failure")
+        }
     }
     if let Ok(roles) = parse_me_answer(status, body, "alice") {
         ensure!(status == 200, "a {status} 'me' answer was taken as valid");
         ensure!(roles.len() < 1000, "{} roles", roles.len());
     }
     Ok(())
+}
+
+/// Whether `body` is Auth2's error envelope for `status`: `{"error": {"httpcode": status, …}}`.
+fn is_auth2_error_json(status: u16, body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.get("httpcode")).and_then(serde_json::Value::as_u64))
+        == Some(u64::from(status))
 }

@@ -232,8 +232,8 @@ public class NativeAuthLoaderTest {
         for (Class<?> c : new Class<?>[] {a, b, NativeAuth.class}) {
             long handle = (Long) invoke(c, "create", (Object) settings);
             try {
-                assertEquals(0, invoke(c, "authorize", handle, "Bearer " + token, null, null));
-                assertEquals(NativeAuth.UNAUTHENTICATED, invoke(c, "authorize", handle, null, null, null));
+                assertEquals(0, invoke(c, "authorize", handle, "Bearer " + token, null, null, null, null));
+                assertEquals(NativeAuth.UNAUTHENTICATED, invoke(c, "authorize", handle, null, null, null, null, null));
             } finally {
                 invoke(c, "destroy", handle);
             }
