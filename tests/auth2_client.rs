@@ -158,3 +158,18 @@ fn redirect_is_not_followed_and_the_token_goes_nowhere_else() {
     fake.set_fault_blocking(Fault::None).unwrap();
     assert_eq!(&*lookup(&s, TOKEN).unwrap().identity.user, "alice");
 }
+
+#[test]
+fn a_400_from_a_proxy_is_not_an_invalid_token_but_auth2s_own_401_is() {
+    let fake = FakeAuth2::start_blocking(FakeConfig::new().token(TokenEntry::new(TOKEN, "alice"))).unwrap();
+    let s = settings(&fake.url(), &[]);
+    for fault in [Fault::Status400Html, Fault::Status400Json] {
+        fake.set_fault_blocking(fault.clone()).unwrap();
+        match lookup(&s, TOKEN) {
+            Err(Auth2Error::BadAnswer(detail)) => assert!(detail.contains("HTTP 400"), "{fault:?}: {detail}"),
+            other => panic!("{fault:?}: expected a bad answer (token unchecked), got {other:?}"),
+        }
+    }
+    fake.set_fault_blocking(Fault::None).unwrap();
+    assert_eq!(lookup(&s, "NOSUCHTOKEN").unwrap_err(), Auth2Error::Invalid, "the fake's 401 is Auth2's own");
+}

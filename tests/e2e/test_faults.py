@@ -20,6 +20,8 @@ FAULTS = [
     ("html502", None),
     ("malformed", None),
     ("nouser", None),
+    ("status400html", None),  # a proxy's or WAF's 400: not Auth2 saying "invalid token"
+    ("status400json", None),
     ("redirect", None),
 ]
 

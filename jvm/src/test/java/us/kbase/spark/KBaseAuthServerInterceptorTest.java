@@ -309,11 +309,14 @@ public class KBaseAuthServerInterceptorTest {
     @Test
     public void auth2ErrorsAreUnavailable() throws Exception {
         KBaseAuthServerInterceptor i = interceptor();
-        for (String mode : new String[] {"status503", "html502", "malformed", "nouser"}) {
+        long redirected = fake.redirectedRequests();
+        for (String mode : new String[] {"status503", "html502", "malformed", "nouser", "status400html",
+                "status400json", "redirect"}) {
             fake.fault(mode);
             Outcome o = call(i, "Bearer " + token("alice"), null);
             assertEquals("fault " + mode, Status.Code.UNAVAILABLE, o.code());
         }
+        assertEquals("a redirect must not be followed", redirected, fake.redirectedRequests());
     }
 
     @Test
