@@ -114,3 +114,31 @@ fn fuzz_auth2_answers() {
     let status = prop_oneof![Just(200u16), Just(401), Just(400), Just(503), 100u16..600];
     run("auth2_answer", (status, auth2_body()), |(status, body)| holds(fuzz_invariants::auth2_answer(status, &body)));
 }
+
+/// Every committed cargo-fuzz seed (`fuzz/seeds/TARGET/`) and every input cargo-fuzz found
+/// (`fuzz/regressions/TARGET/`, one file each, named for what it showed) replayed through the
+/// same invariants, in every `cargo test`.
+#[test]
+fn cargo_fuzz_seeds_and_findings_keep_their_invariants() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let targets: [(&str, fn(&[u8]) -> Result<(), String>); 3] = [
+        ("token_extract", fuzz_invariants::token_extract_bytes),
+        ("settings", fuzz_invariants::settings_bytes),
+        ("auth2_answer", fuzz_invariants::auth2_answer_bytes),
+    ];
+    let mut replayed = 0;
+    for (target, check) in targets {
+        for dir in ["seeds", "regressions"] {
+            let Ok(files) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
+            for f in files {
+                let path = f.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                if let Err(broken) = check(&data) {
+                    panic!("{}: {broken}", path.display());
+                }
+                replayed += 1;
+            }
+        }
+    }
+    assert!(replayed >= 30, "only {replayed} seed/regression files found under {}", root.display());
+}

@@ -117,10 +117,71 @@ pub fn auth2_answer(status: u16, body: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `body` is Auth2's error envelope for `status`: `{"error": {"httpcode": status, …}}`.
+/// Whether `body` is Auth2's error envelope for `status` (SPEC §3): an `error` object whose
+/// `httpcode` is the status and, for a 400, whose `appcode` is 10010 ("no authentication
+/// token"). Read field by field like any JSON client would: other fields are not looked at.
 fn is_auth2_error_json(status: u16, body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.get("httpcode")).and_then(serde_json::Value::as_u64))
-        == Some(u64::from(status))
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Fields,
+    }
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        httpcode: u16,
+        appcode: Option<u32>,
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(e) => e.error.httpcode == status && (status == 401 || e.error.appcode == Some(10010)),
+        Err(_) => false,
+    }
+}
+
+// ---- the byte formats of the cargo-fuzz targets (also used to replay seeds and findings) ----
+
+/// `token_extract` input: up to 8 values separated by 0xFF bytes (never part of UTF-8); in each,
+/// the first byte's low bit says which header (0: `authorization`, 1: `x-kbase-token`) and the
+/// rest is the value (lossy UTF-8, as JNI hands over valid strings).
+pub fn token_extract_bytes(data: &[u8]) -> Result<(), String> {
+    let mut values: [Vec<String>; 2] = Default::default();
+    for entry in data.split(|b| *b == 0xFF).take(8) {
+        if let Some((which, value)) = entry.split_first() {
+            values[usize::from(which & 1)].push(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    let auth: Vec<&str> = values[0].iter().map(String::as_str).collect();
+    let kbase: Vec<&str> = values[1].iter().map(String::as_str).collect();
+    token_extract(&auth, &kbase)
+}
+
+/// `settings` input: entries separated by 0xFF bytes; in each, the first byte picks the key
+/// (modulo [`SETTINGS_KEYS`]) and the rest is the value. At most 8 entries.
+pub fn settings_bytes(data: &[u8]) -> Result<(), String> {
+    let map: HashMap<String, String> = data
+        .split(|b| *b == 0xFF)
+        .take(8)
+        .filter_map(|entry| entry.split_first())
+        .map(|(k, v)| {
+            (SETTINGS_KEYS[*k as usize % SETTINGS_KEYS.len()].to_string(), String::from_utf8_lossy(v).into_owned())
+        })
+        .collect();
+    settings(&map)
+}
+
+/// `auth2_answer` input: the first two bytes pick the status (mostly 200, 401, 400, 503,
+/// sometimes any of 100..599), the rest is the body.
+pub fn auth2_answer_bytes(data: &[u8]) -> Result<(), String> {
+    let (status, body) = match data {
+        [a, b, rest @ ..] => {
+            let status = match a % 8 {
+                0..=2 => 200,
+                3 => 401,
+                4 => 400,
+                5 => 503,
+                _ => 100 + (u16::from_le_bytes([*a, *b]) % 500),
+            };
+            (status, rest)
+        }
+        _ => (200, data),
+    };
+    auth2_answer(status, body)
 }
