@@ -51,7 +51,8 @@ def test_invalid_answers_cached_briefly(short, tokens):
 
 
 def test_revocation_visible_after_cache_window(short, tokens):
-    """cache.maxTtl=3s on `short`: a revoked token keeps working from the cache for at most ~3 s."""
+    """cache.maxTtl=3s on `short`: a revoked token keeps working from the cache for at most ~3 s
+    (refresh ahead may find the revocation from the last half of the window on)."""
     t = short.owner_token(tokens)
     t0 = time.monotonic()
     expect(config_rpc(short.target, bearer(t)), "OK")
@@ -68,7 +69,9 @@ def test_revocation_visible_after_cache_window(short, tokens):
     o = harness.wait_until(denied, 10, 0.25, "the revoked token to be denied")
     waited = time.monotonic() - t0
     expect(o, "UNAUTHENTICATED", "invalid or revoked", secrets=[t])
-    assert 2.0 <= waited <= 6.0, f"revocation became visible after {waited:.1f}s (maxTtl 3s)"
+    # Refresh ahead re-validates an entry used in the last half of its 3 s life, so the
+    # revocation may bite from 1.5 s on; at the latest at the window's end (plus slack).
+    assert 1.4 <= waited <= 6.0, f"revocation became visible after {waited:.1f}s (maxTtl 3s)"
 
 
 def test_positive_cache_expires_on_max_ttl(short, tokens):
