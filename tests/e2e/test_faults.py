@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import harness
@@ -14,14 +12,6 @@ REQUEST_TIMEOUT_S = 2.0  # spark.kbase.auth.requestTimeout on the `short` server
 # machine. The delay fault is far beyond it, so only the plugin's timeout can end the wait in time.
 DENIAL_BOUND_S = REQUEST_TIMEOUT_S + 3.0
 SLOW_AUTH2_MS = 20_000
-# The new-token budget (defaults on `short`: burst 20, 10 per second) refills completely after
-# this long without new tokens; tests that need several new tokens to reach Auth2 wait it out
-# first (a fixed property of the bucket, not a guess about timing).
-BUDGET_REFILL_S = 20 / 10 + 0.2
-
-
-def fresh_new_token_budget() -> None:
-    time.sleep(BUDGET_REFILL_S)
 
 FAULTS = [
     ("refuse", None),
@@ -83,7 +73,6 @@ def test_unavailable_is_bounded_under_load(short, tokens, clean_faults):
     """16 concurrent new tokens against an Auth2 slower than requestTimeout: every one reaches
     Auth2, every one is UNAVAILABLE because Auth2 did not answer in time (not the new-token
     budget), all within the timeout's bound (not the 20 s Auth2 delay)."""
-    fresh_new_token_budget()
     short.fake.fault("delay", SLOW_AUTH2_MS)
     toks = [short.owner_token(tokens) for _ in range(16)]
     outs = concurrent_rpcs(short.target, [bearer(t) for t in toks], timeout=30)
@@ -101,7 +90,6 @@ def test_fail_fast_after_repeated_failures(short, tokens, clean_faults):
     def new_token():
         return short.owner_token(tokens)
 
-    fresh_new_token_budget()
     # Start from a closed breaker: a successful exchange resets the failure count.
     harness.wait_until(lambda: config_rpc(short.target, bearer(new_token())).name == "OK",
                        15, 0.3, "a successful validation")
