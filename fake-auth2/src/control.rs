@@ -7,7 +7,7 @@
 
 use crate::model::{Fault, TokenEntry};
 use crate::respond::{json, text, Body};
-use crate::server::{accept_error_pause, spawn_connection};
+use crate::server::accept_forever;
 use crate::state::State;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -18,26 +18,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 const MAX_BODY: usize = 1 << 20;
 /// Bound on waiting for the Auth2 listener to close or rebind after a fault change.
 pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(state: Arc<State>, listener: TcpListener) {
-    let mut conns: JoinSet<()> = JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let st = state.clone();
-                    spawn_connection(&mut conns, stream, move |req| handle(st.clone(), req));
-                }
-                Err(_) => accept_error_pause().await,
-            },
-        }
-    }
+    accept_forever(listener, move |req| handle(state.clone(), req)).await
 }
 
 fn bad(msg: impl Into<String>) -> Response<Body> {

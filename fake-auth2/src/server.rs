@@ -164,15 +164,23 @@ pub(crate) async fn run(state: Arc<State>, addr: SocketAddr, initial: TcpListene
 /// tokens (never a fault), so that a client following the `redirect` fault would get a real
 /// answer. Every request it receives is counted.
 pub(crate) async fn run_redirect_target(state: Arc<State>, listener: TcpListener) {
+    accept_forever(listener, move |req| handle(state.clone(), req, Origin::RedirectTarget)).await
+}
+
+/// Accepts on `listener` until the task is aborted, serving each connection with `handler`
+/// (the control API and the redirect target; the Auth2 port has its own loop for `refuse`).
+pub(crate) async fn accept_forever<F, Fut, E>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     let mut conns: JoinSet<()> = JoinSet::new();
     loop {
         tokio::select! {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let st = state.clone();
-                    spawn_connection(&mut conns, stream, move |req| handle(st.clone(), req, Origin::RedirectTarget));
-                }
+                Ok((stream, _)) => spawn_connection(&mut conns, stream, handler.clone()),
                 Err(_) => accept_error_pause().await,
             },
         }
