@@ -121,7 +121,8 @@ fn fuzz_auth2_answers() {
 #[test]
 fn cargo_fuzz_seeds_and_findings_keep_their_invariants() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let targets: [(&str, fn(&[u8]) -> Result<(), String>); 3] = [
+    type Check = fn(&[u8]) -> Result<(), String>;
+    let targets: [(&str, Check); 3] = [
         ("token_extract", fuzz_invariants::token_extract_bytes),
         ("settings", fuzz_invariants::settings_bytes),
         ("auth2_answer", fuzz_invariants::auth2_answer_bytes),

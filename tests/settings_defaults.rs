@@ -8,7 +8,9 @@ use std::time::Duration;
 use kbase_spark_auth::Settings;
 
 /// (key, the README's "default" cell, what the effective setting must be).
-fn expected() -> Vec<(&'static str, &'static str, Box<dyn Fn(&Settings) -> bool>)> {
+type Expected = (&'static str, &'static str, Box<dyn Fn(&Settings) -> bool>);
+
+fn expected() -> Vec<Expected> {
     vec![
         (
             "spark.kbase.auth.url",
@@ -42,7 +44,7 @@ fn defaults_from_nothing_but_the_owner() {
     let s = Settings::from_map(&HashMap::from([("USER".to_string(), "alice".to_string())])).unwrap();
     let wrong: Vec<_> =
         expected().into_iter().filter(|(_, _, ok)| !ok(&s)).map(|(k, d, _)| format!("{k} (README: {d})")).collect();
-    assert!(wrong.is_empty(), "defaults differ from the README: {wrong:?}\n{}", format!("{s:?}"));
+    assert!(wrong.is_empty(), "defaults differ from the README: {wrong:?}\n{s:?}");
     // The start-up line states them in the same words a user writes them in.
     let line = format!("{s:?}");
     for part in [
