@@ -51,7 +51,7 @@ struct FaultReq {
 
 fn fault_json(f: &Fault) -> Value {
     match f {
-        Fault::Delay(d) => j!({ "mode": f.mode_name(), "delay_ms": d.as_millis() as u64 }),
+        Fault::Delay(d) | Fault::LateAnswer(d) => j!({ "mode": f.mode_name(), "delay_ms": d.as_millis() as u64 }),
         _ => j!({ "mode": f.mode_name() }),
     }
 }

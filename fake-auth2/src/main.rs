@@ -28,6 +28,7 @@ fault modes (affect /api/V2/token and /api/V2/me only):
   none           normal answers; 401/400 carry Auth2's error JSON (appcode 10020 / 10010)
   refuse         the Auth2 port is closed (connects get ECONNREFUSED)
   delay          answer normally after delay_ms
+  late_answer    look the token up on arrival, answer after delay_ms (the token may expire meanwhile)
   status503      503 with an Auth2-style JSON error
   html502        502 with nginx's HTML error page
   malformed      200 application/json with a truncated body

@@ -144,6 +144,9 @@ pub enum Fault {
     Refuse,
     /// Answer normally after this delay.
     Delay(Duration),
+    /// Look the token up on arrival, answer after this delay: a slow Auth2 whose answer is
+    /// already stale when it arrives (a token may expire in between).
+    LateAnswer(Duration),
     /// 503 with a JSON error body.
     Status503,
     /// 502 with nginx's HTML error page.
@@ -170,6 +173,7 @@ impl Fault {
         "none",
         "refuse",
         "delay",
+        "late_answer",
         "status503",
         "html502",
         "malformed",
@@ -189,6 +193,10 @@ impl Fault {
                 Some(ms) => Fault::Delay(Duration::from_millis(ms)),
                 None => return Err("mode \"delay\" needs \"delay_ms\"".to_string()),
             },
+            "late_answer" => match delay_ms {
+                Some(ms) => Fault::LateAnswer(Duration::from_millis(ms)),
+                None => return Err("mode \"late_answer\" needs \"delay_ms\"".to_string()),
+            },
             "status503" => Fault::Status503,
             "html502" => Fault::Html502,
             "malformed" => Fault::Malformed,
@@ -207,6 +215,7 @@ impl Fault {
             Fault::None => "none",
             Fault::Refuse => "refuse",
             Fault::Delay(_) => "delay",
+            Fault::LateAnswer(_) => "late_answer",
             Fault::Status503 => "status503",
             Fault::Html502 => "html502",
             Fault::Malformed => "malformed",
@@ -278,10 +287,13 @@ mod tests {
 
     #[test]
     fn fault_parse_roundtrip() {
-        for &m in Fault::MODES.iter().filter(|m| **m != "delay") {
+        for &m in Fault::MODES.iter().filter(|m| !["delay", "late_answer"].contains(*m)) {
             assert_eq!(Fault::parse(m, None).unwrap().mode_name(), m);
         }
-        assert_eq!(Fault::MODES.len(), 11);
+        assert_eq!(Fault::MODES.len(), 12);
+        let late = Fault::parse("late_answer", Some(250)).unwrap();
+        assert_eq!((late.mode_name(), &late), ("late_answer", &Fault::LateAnswer(Duration::from_millis(250))));
+        assert!(Fault::parse("late_answer", None).is_err());
         assert_eq!(Fault::parse("delay", Some(250)).unwrap(), Fault::Delay(Duration::from_millis(250)));
         assert!(Fault::parse("delay", None).is_err());
         assert!(Fault::parse("slow", None).is_err());

@@ -337,16 +337,24 @@ async fn token_endpoint(
                 .unwrap_or_else(|| placeholder(state, token.as_deref().unwrap_or("")));
             return Ok(reply(state, route, &stored, false));
         }
-        Fault::None | Fault::IgnoreExpiry => {}
+        Fault::None | Fault::IgnoreExpiry | Fault::LateAnswer(_) => {}
     }
+    let answer = answer_for(state, route, token.as_deref(), fault != Fault::IgnoreExpiry);
+    if let Fault::LateAnswer(d) = fault {
+        tokio::time::sleep(d).await;
+    }
+    Ok(answer)
+}
+
+/// Auth2's answer for `token` as of now.
+fn answer_for(state: &State, route: Route, token: Option<&str>, check_expiry: bool) -> Response<Body> {
     let Some(token) = token else {
-        return Ok(app_error(state, StatusCode::BAD_REQUEST, 10010, "No authentication token"));
+        return app_error(state, StatusCode::BAD_REQUEST, 10010, "No authentication token");
     };
-    let check_expiry = fault != Fault::IgnoreExpiry;
     let now = now_ms();
-    match state.lookup(&token) {
-        Some(s) if !s.revoked && (!check_expiry || s.expires > now) => Ok(reply(state, route, &s, true)),
-        _ => Ok(app_error(state, StatusCode::UNAUTHORIZED, 10020, "Invalid token")),
+    match state.lookup(token) {
+        Some(s) if !s.revoked && (!check_expiry || s.expires > now) => reply(state, route, &s, true),
+        _ => app_error(state, StatusCode::UNAUTHORIZED, 10020, "Invalid token"),
     }
 }
 

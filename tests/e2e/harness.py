@@ -357,8 +357,8 @@ class FakeAuth2:
         self._call("POST", "/revoke", {"token": token})
 
     def fault(self, mode: str, delay_ms: Optional[int] = None) -> None:
-        """Sets the fault mode (see `fake-auth2 --help`): none, refuse, delay, status503, html502,
-        malformed, nouser, ignore_expiry, status400html, status400json, redirect."""
+        """Sets the fault mode (see `fake-auth2 --help`): none, refuse, delay, late_answer, status503,
+        html502, malformed, nouser, ignore_expiry, status400html, status400json, redirect."""
         body = {"mode": mode}
         if delay_ms is not None:
             body["delay_ms"] = delay_ms
