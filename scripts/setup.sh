@@ -4,6 +4,7 @@
 #     openjdk-17-jdk-headless when no Java 17 JDK is found;
 #   * Java 17 and a Rust toolchain (cargo) are present;
 #   * <repo>/.venv with pyspark[connect]==4.0.0, pytest and friends (tests/e2e/requirements.txt).
+#   * The cross build and Debian 11 test roots, outside the repository (scripts/cross/setup.sh).
 # Usage: scripts/setup.sh            (env: KBASE_PYTHON=python3.x to choose the interpreter)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -106,6 +107,9 @@ detect_spark_home
 [ -f "$SPARK_HOME/jars/spark-connect_2.13-$PYSPARK_VERSION.jar" ] \
   || die "missing $SPARK_HOME/jars/spark-connect_2.13-$PYSPARK_VERSION.jar"
 info "SPARK_HOME=$SPARK_HOME"
+
+# ---------------------------------------------------------------- cross build and test roots
+as_root "$REPO_ROOT/scripts/cross/setup.sh"
 
 # ---------------------------------------------------------------- summary
 if [ ${#did[@]} -eq 0 ]; then

@@ -24,6 +24,9 @@ import com.google.gson.JsonParser;
 public final class FakeAuth2 implements AutoCloseable {
 
     public static final String BIN_PROPERTY = "fakeAuth2.bin";
+    /** With {@link #CONTROL_URL_PROPERTY}: a fake already running outside this JVM, see {@link #startOrAttach()}. */
+    public static final String URL_PROPERTY = "fakeAuth2.url";
+    public static final String CONTROL_URL_PROPERTY = "fakeAuth2.controlUrl";
     private static final Duration START_DEADLINE = Duration.ofSeconds(30);
     private static FakeAuth2 shared;
 
@@ -63,6 +66,20 @@ public final class FakeAuth2 implements AutoCloseable {
             }
         }
         return shared;
+    }
+
+    /**
+     * The fake named by {@value #URL_PROPERTY} and {@value #CONTROL_URL_PROPERTY} when they are set,
+     * else {@link #start()}. A JVM in another root file system, or under emulation, cannot run the
+     * host's binary, so its launcher starts the fake; closing an attached fake leaves it running.
+     */
+    public static FakeAuth2 startOrAttach() throws IOException, InterruptedException {
+        String url = System.getProperty(URL_PROPERTY);
+        String controlUrl = System.getProperty(CONTROL_URL_PROPERTY);
+        if (url == null || controlUrl == null) {
+            return start();
+        }
+        return new FakeAuth2(null, null, null, url.endsWith("/") ? url : url + "/", controlUrl.replaceAll("/+$", ""));
     }
 
     /** Starts the binary on ephemeral loopback ports and waits (bounded) until it is listening. */
@@ -203,6 +220,9 @@ public final class FakeAuth2 implements AutoCloseable {
 
     @Override
     public void close() {
+        if (process == null) {
+            return;
+        }
         process.destroy();
         try {
             if (!process.waitFor(5, TimeUnit.SECONDS)) {
