@@ -165,9 +165,29 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
                 throw new IllegalStateException("interceptor used after close()");
             }
             String peer = wantsPeerAddress ? peerAddress(call) : null;
-            Iterator<String> a = values(headers, AUTHORIZATION);
-            Iterator<String> k = values(headers, KBASE_TOKEN);
-            code = NativeAuth.authorize(handle, first(a), rest(a), first(k), rest(k), peer);
+            // gRPC metadata may repeat a key: the first value crosses as a string, any others as an
+            // array. Shaped for C2's escape analysis (JDK 17), so that the single-valued call
+            // allocates only gRPC's own value String: getAll only for a key that is present (its
+            // null path never taken), iterators in block scope, touched only through next/hasNext.
+            String firstA = null;
+            String[] moreA = null;
+            if (headers.containsKey(AUTHORIZATION)) {
+                Iterator<String> values = headers.getAll(AUTHORIZATION).iterator();
+                firstA = values.next();
+                if (values.hasNext()) {
+                    moreA = moreValues(headers, AUTHORIZATION);
+                }
+            }
+            String firstK = null;
+            String[] moreK = null;
+            if (headers.containsKey(KBASE_TOKEN)) {
+                Iterator<String> values = headers.getAll(KBASE_TOKEN).iterator();
+                firstK = values.next();
+                if (values.hasNext()) {
+                    moreK = moreValues(headers, KBASE_TOKEN);
+                }
+            }
+            code = NativeAuth.authorize(handle, firstA, moreA, firstK, moreK, peer);
             Reference.reachabilityFence(this);
             if (code == NativeAuth.ALLOW_WITH_WARNING) {
                 log(NativeAuth.lastLogLines(), true);
@@ -199,24 +219,13 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         return noop;
     }
 
-    /** Every value of {@code key} (gRPC metadata may repeat it), or null when there is none. */
-    private static Iterator<String> values(Metadata headers, Metadata.Key<String> key) {
-        Iterable<String> all = headers.getAll(key);
-        return all == null ? null : all.iterator();
-    }
-
-    private static String first(Iterator<String> values) {
-        return values == null ? null : values.next();
-    }
-
-    /** The values after the first: null (nothing allocated) in the usual single-valued case. */
-    private static String[] rest(Iterator<String> values) {
-        if (values == null || !values.hasNext()) {
-            return null;
-        }
+    /** The values of a repeated {@code key} after the first. */
+    private static String[] moreValues(Metadata headers, Metadata.Key<String> key) {
         List<String> more = new ArrayList<>();
-        values.forEachRemaining(more::add);
-        return more.toArray(new String[0]);
+        for (String value : headers.getAll(key)) {
+            more.add(value);
+        }
+        return more.subList(1, more.size()).toArray(new String[0]);
     }
 
     /** Logs the native side's lines (null: rate-limited away) at WARN or INFO. */
