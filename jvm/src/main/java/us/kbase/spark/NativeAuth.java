@@ -310,7 +310,8 @@ final class NativeAuth {
             try {
                 System.load(file.toString());
             } catch (UnsatisfiedLinkError e) {
-                String m = String.valueOf(e.getMessage());
+                // The JVM and dlerror() both prefix the file's path; the directory is named anyway.
+                String m = String.valueOf(e.getMessage()).replace(file + ": ", "");
                 boolean noexec = m.contains("failed to map segment") || m.contains("Operation not permitted");
                 throw new UnusableDirectory("System.load failed: " + m
                         + (noexec ? " (the file system is probably mounted noexec)" : ""), e);
