@@ -66,13 +66,42 @@ pub struct TokenInfo {
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Auth2Error {
-    /// Auth2 rejected the token (401, or 400 for a token it cannot parse).
+    /// Auth2 itself rejected the token: a 401 with its error JSON (or a 400 with its
+    /// "no token" appcode, which we never provoke).
     #[error("Auth2 rejected the token")]
     Invalid,
-    /// Auth2 could not give an answer: transport failure, timeout, 5xx, or a body we can't trust.
+    /// The service failed: no connection, a timeout, a 5xx. What the fail-fast breaker counts.
     #[error("{0}")]
-    Unavailable(String),
+    ServiceFailure(String),
+    /// Something answered, but not with an answer we can trust (not JSON, no `user`, a 400
+    /// from a proxy, a redirect, an oversized body). Says nothing about the token, and nothing
+    /// about the service's health either.
+    #[error("{0}")]
+    BadAnswer(String),
 }
+
+impl Auth2Error {
+    /// Whether this answer condemns the token (as opposed to "could not be checked").
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Auth2Error::Invalid)
+    }
+}
+
+/// Auth2's error object (`{"error":{"httpcode":401,"appcode":10020,…}}`): the only proof that
+/// a 400/401 comes from Auth2 and not from a proxy or firewall in front of it.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorFields,
+}
+
+#[derive(Deserialize)]
+struct ErrorFields {
+    httpcode: u16,
+    appcode: u32,
+}
+
+/// Auth2's appcode for a request without a token (HTTP 400).
+const APPCODE_NO_TOKEN: u32 = 10010;
 
 #[derive(Deserialize)]
 struct TokenBody {
@@ -151,21 +180,20 @@ impl Auth2Client {
             Ok::<_, Auth2Error>((status, read_capped(response).await?))
         };
         tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| {
-            Auth2Error::Unavailable(format!("Auth2 timed out: no answer within {:?}", started.elapsed()))
+            Auth2Error::ServiceFailure(format!("Auth2 timed out: no answer within {:?}", started.elapsed()))
         })?
     }
 }
 
-/// Classifies an `/api/V2/token` answer. Anything but a 200 with `user` and `expires`, or a
-/// 400/401 rejection, is "unavailable": fail closed without blaming the token.
+/// Classifies an `/api/V2/token` answer. Anything but a 200 with `user` and `expires`, or
+/// Auth2's own rejection, is a failure to check: fail closed without blaming the token.
 pub fn parse_token_answer(status: u16, body: &[u8]) -> Result<TokenInfo, Auth2Error> {
     let body: TokenBody = classify(status, body)?;
     let user = body
         .user
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'user'".into()))?;
-    let expires_ms =
-        body.expires.ok_or_else(|| Auth2Error::Unavailable("Auth2 token answer has no 'expires'".into()))?;
+        .ok_or_else(|| Auth2Error::BadAnswer("Auth2 token answer has no 'user'".into()))?;
+    let expires_ms = body.expires.ok_or_else(|| Auth2Error::BadAnswer("Auth2 token answer has no 'expires'".into()))?;
     let cache_for = body.cachefor.map(|ms| Duration::from_millis(ms.max(0) as u64));
     let identity =
         Identity { user: user.into(), expires_ms, mfa: Mfa::parse(body.mfa.as_deref()), custom_roles: Vec::new() };
@@ -176,7 +204,7 @@ pub fn parse_token_answer(status: u16, body: &[u8]) -> Result<TokenInfo, Auth2Er
 pub fn parse_me_answer(status: u16, body: &[u8], user: &str) -> Result<Vec<Box<str>>, Auth2Error> {
     let me: MeBody = classify(status, body)?;
     if me.user.as_deref() != Some(user) {
-        return Err(Auth2Error::Unavailable("Auth2 'me' answer names a different user".into()));
+        return Err(Auth2Error::BadAnswer("Auth2 'me' answer names a different user".into()));
     }
     Ok(me.customroles.into_iter().map(Into::into).collect())
 }
@@ -185,15 +213,26 @@ fn classify<T: for<'de> Deserialize<'de>>(status: u16, body: &[u8]) -> Result<T,
     match status {
         // serde's message can quote the body; only its position goes into the log.
         200 => serde_json::from_slice(body).map_err(|e| {
-            Auth2Error::Unavailable(format!(
+            Auth2Error::BadAnswer(format!(
                 "Auth2 answered 200 with a body that is not the expected JSON ({:?} error at line {} column {})",
                 e.classify(),
                 e.line(),
                 e.column()
             ))
         }),
-        400 | 401 => Err(Auth2Error::Invalid),
-        other => Err(Auth2Error::Unavailable(format!("Auth2 answered HTTP {other}"))),
+        400 | 401 => {
+            let own = serde_json::from_slice::<ErrorBody>(body).ok().filter(|b| b.error.httpcode == status);
+            match own {
+                Some(b) if status == 401 || b.error.appcode == APPCODE_NO_TOKEN => Err(Auth2Error::Invalid),
+                _ => Err(Auth2Error::BadAnswer(format!(
+                    "Auth2 answered HTTP {status} without Auth2's own error JSON (from a proxy or firewall in front \
+                     of it?)"
+                ))),
+            }
+        }
+        300..=399 => Err(Auth2Error::BadAnswer(format!("Auth2 answered HTTP {status}, a redirect (not followed)"))),
+        500..=599 => Err(Auth2Error::ServiceFailure(format!("Auth2 answered HTTP {status}"))),
+        other => Err(Auth2Error::BadAnswer(format!("Auth2 answered HTTP {other}"))),
     }
 }
 
@@ -201,7 +240,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Auth2Er
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| unavailable_transport(&e))? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(Auth2Error::Unavailable(format!("Auth2 answer is larger than {MAX_BODY_BYTES} bytes")));
+            return Err(Auth2Error::BadAnswer(format!("Auth2 answer is larger than {MAX_BODY_BYTES} bytes")));
         }
         body.extend_from_slice(&chunk);
     }
@@ -224,12 +263,15 @@ fn unavailable_transport(e: &reqwest::Error) -> Auth2Error {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    Auth2Error::Unavailable(text)
+    Auth2Error::ServiceFailure(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const AUTH2_401: &[u8] = br#"{"error":{"httpcode":401,"httpstatus":"Unauthorized","appcode":10020,"apperror":"Invalid token","message":"10020 Invalid token","callid":"1","time":1}}"#;
+    const AUTH2_400: &[u8] = br#"{"error":{"httpcode":400,"httpstatus":"Bad Request","appcode":10010,"apperror":"No authentication token","message":"10010 No authentication token: No user token provided","callid":"1","time":1}}"#;
 
     #[test]
     fn token_answers() {
@@ -242,10 +284,34 @@ mod tests {
         let old = br#"{"expires":5,"user":"bob"}"#;
         let info = parse_token_answer(200, old).unwrap();
         assert_eq!((info.identity.mfa, info.cache_for), (Mfa::Absent, None));
+    }
 
-        let invalid = br#"{"error":{"httpcode":401,"httpstatus":"Unauthorized","appcode":10020,"apperror":"Invalid token","message":"10020 Invalid token"}}"#;
-        assert_eq!(parse_token_answer(401, invalid), Err(Auth2Error::Invalid));
-        assert_eq!(parse_token_answer(400, b"{}"), Err(Auth2Error::Invalid));
+    #[test]
+    fn only_auth2s_own_rejections_mean_invalid() {
+        assert_eq!(parse_token_answer(401, AUTH2_401), Err(Auth2Error::Invalid));
+        assert_eq!(parse_token_answer(400, AUTH2_400), Err(Auth2Error::Invalid));
+        for (status, body) in [
+            (400, &b"<html><body>400 Bad Request (WAF)</body></html>"[..]),
+            (400, br#"{"message":"bad request"}"#),
+            (400, b"{}"),
+            (400, AUTH2_401), // httpcode disagrees with the status
+            (400, br#"{"error":{"httpcode":400,"appcode":30001,"message":"30001 Illegal input"}}"#), // not "no token"
+            (401, b"<html>401 Authorization Required</html>"), // a proxy asking for its own login
+            (401, br#"{"error":"unauthorized"}"#),
+        ] {
+            assert!(
+                matches!(parse_token_answer(status, body), Err(Auth2Error::BadAnswer(_))),
+                "{status} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn service_failures_and_bad_answers_are_told_apart() {
+        for status in [500, 502, 503, 504] {
+            assert!(matches!(parse_token_answer(status, b"<html/>"), Err(Auth2Error::ServiceFailure(_))), "{status}");
+        }
         for (status, body) in [
             (200, &b"<html>502</html>"[..]),
             (200, br#"{"user":"alice","expi"#),
@@ -253,21 +319,20 @@ mod tests {
             (200, br#"{"user":"","expires":5}"#),
             (200, br#"{"user":"alice"}"#),
             (200, br#"{"user":"alice","expires":"soon"}"#),
-            (502, b"<html>Bad Gateway</html>"),
-            (503, b"{}"),
             (404, b"{}"),
             (302, b""),
+            (307, b""),
         ] {
-            assert!(matches!(parse_token_answer(status, body), Err(Auth2Error::Unavailable(_))), "{status} {body:?}");
+            assert!(matches!(parse_token_answer(status, body), Err(Auth2Error::BadAnswer(_))), "{status} {body:?}");
         }
     }
 
     #[test]
     fn bad_json_detail_does_not_quote_the_body() {
-        let Err(Auth2Error::Unavailable(detail)) =
+        let Err(Auth2Error::BadAnswer(detail)) =
             parse_token_answer(200, br#"{"user":"alice","expires":"SECRETVALUE"}"#)
         else {
-            panic!("expected unavailable")
+            panic!("expected a bad answer")
         };
         assert!(!detail.contains("SECRETVALUE"), "{detail}");
     }
@@ -276,7 +341,8 @@ mod tests {
     fn me_answers() {
         let me = br#"{"user":"alice","display":"A","customroles":["R1","R2"],"roles":[]}"#;
         assert_eq!(parse_me_answer(200, me, "alice").unwrap(), vec!["R1".into(), "R2".into()]);
-        assert!(matches!(parse_me_answer(200, me, "bob"), Err(Auth2Error::Unavailable(_))));
-        assert_eq!(parse_me_answer(401, b"{}", "alice"), Err(Auth2Error::Invalid));
+        assert!(matches!(parse_me_answer(200, me, "bob"), Err(Auth2Error::BadAnswer(_))));
+        assert_eq!(parse_me_answer(401, AUTH2_401, "alice"), Err(Auth2Error::Invalid));
+        assert!(matches!(parse_me_answer(401, b"{}", "alice"), Err(Auth2Error::BadAnswer(_))));
     }
 }

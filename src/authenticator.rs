@@ -1,62 +1,100 @@
 //! The façade: one [`Authenticator`] per interceptor configuration, deciding each call.
 //!
-//! Order of checks for one call: token present and well formed → cache (hit: expiry, cached
-//! verdict) → miss: fail-fast gate → one Auth2 exchange per token (single flight) → policy →
-//! cache → expiry. Every path ends in a [`Decision`]; nothing here can end in "allow" by default.
+//! One call: clocks → token present and well formed → cache. A fresh entry answers at once
+//! (expiry checked on the wall clock, every call); used near its end it also starts one
+//! background re-validation (refresh ahead). Otherwise one Auth2 exchange per token
+//! ([`crate::flight`]) behind the admission gates ([`crate::admission`]); the caller waits for
+//! it with a bound, then judges the answer with a fresh clock reading. An entry that ended may
+//! still answer while Auth2 cannot (stale if error, opt-in). Every path ends in allow or a
+//! [`Denial`]; nothing here can end in "allow" by default.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use crate::admission::{Breaker, InFlightLimit, NewTokenBudget, Pass, Purpose, Refusal, ServiceOutcome, Slot};
 use crate::auth2::{Auth2Client, Auth2Error, TokenInfo};
-use crate::breaker::Breaker;
-use crate::cache::{valid_ttl, Outcome, Verdict, VerdictCache};
-use crate::decision::{format_epoch_ms, Decision, Denial, Reason};
+use crate::cache::{valid_life, Entry, Lookup, Outcome, VerdictCache};
+use crate::clock::{Clock, Now};
+use crate::decision::{format_epoch_ms, Denial, Reason};
+use crate::denial_log::DenialLog;
+use crate::flight::{Flight, Flights, Role};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::policy::Policy;
-use crate::runtime;
 use crate::settings::{ConfigError, Settings};
-use crate::token::{self, Token, TokenError};
+use crate::token::{self, Token, TokenError, TokenKey};
+use crate::{runtime, startup};
 
 pub const MSG_MISSING: &str = "missing KBase token: connect with sc://HOST:PORT/;token=<KBase token> \
      (sent as 'authorization: Bearer', which pyspark allows without TLS only for host 'localhost') \
      or sc://HOST:PORT/;x-kbase-token=<KBase token>";
 pub const MSG_INVALID: &str = "invalid or revoked KBase token: log in to KBase again and use the new token";
 pub const MSG_INTERNAL: &str = "internal error in the KBase auth plugin; see the Spark server log";
+pub const MSG_UNAVAILABLE: &str = "KBase auth service unavailable; the token could not be checked, retry shortly";
+pub const MSG_TOO_MANY_NEW_TOKENS: &str =
+    "too many new KBase tokens right now; the token was not checked, retry shortly";
+
+/// An allowed call. Nearly always [`Allowed::Quietly`]; a verdict allowed on stale grounds
+/// carries the one warning its token's outage gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    Quietly,
+    /// Allowed; log this line at WARN.
+    WithWarning(String),
+}
 
 pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     settings: Settings,
     policy: Policy,
     cache: VerdictCache,
-    client: Arc<Auth2Client>,
+    flights: Flights<Fetched>,
+    client: Auth2Client,
+    budget: NewTokenBudget,
+    in_flight: Arc<InFlightLimit>,
     breaker: Breaker,
     metrics: Metrics,
+    denial_log: DenialLog,
+    clock: Clock,
 }
 
-/// Why a miss produced no verdict to cache.
-#[derive(Debug)]
-enum MissError {
-    /// Auth2 said invalid, and the invalid TTL is zero: deny, store nothing.
+/// What one Auth2 exchange (or the refusal to start one) came to, as every waiter sees it.
+#[derive(Clone, Debug)]
+enum Fetched {
+    /// Auth2 answered; the entry is already in the cache.
+    Entry(Arc<Entry>),
+    /// Auth2 said invalid and `invalidTtl` is zero: nothing was cached.
     InvalidUncached,
-    Unavailable(String),
+    Unavailable(Arc<str>),
+    Refused(Refusal),
 }
 
 impl Authenticator {
     pub fn new(settings: Settings) -> Result<Authenticator, ConfigError> {
-        let client = Arc::new(Auth2Client::new(&settings)?);
-        Ok(Authenticator {
+        Authenticator::with_clock(settings, Clock::System)
+    }
+
+    /// As [`new`](Self::new), reading time from `clock` (tests inject a manual one).
+    pub fn with_clock(settings: Settings, clock: Clock) -> Result<Authenticator, ConfigError> {
+        let now = clock.now().map_or(0, |n| n.mono_ms);
+        let inner = Inner {
+            client: Auth2Client::new(&settings)?,
             policy: Policy::new(&settings),
             cache: VerdictCache::new(settings.cache_max_entries),
-            breaker: Breaker::new(
-                settings.fail_fast_threshold,
-                settings.fail_fast_cooldown,
-                settings.max_concurrent_requests,
-            ),
-            client,
+            flights: Flights::default(),
+            budget: NewTokenBudget::new(settings.new_tokens_per_second, settings.new_tokens_burst, now),
+            in_flight: Arc::new(InFlightLimit::new(settings.max_concurrent_requests)),
+            breaker: Breaker::new(settings.fail_fast_threshold, settings.fail_fast_cooldown),
             metrics: Metrics::default(),
+            denial_log: DenialLog::default(),
+            clock,
             settings,
-        })
+        };
+        Ok(Authenticator { inner: Arc::new(inner) })
     }
 
     /// Builds from SparkConf keys and environment variables (see [`Settings::from_map`]).
@@ -65,86 +103,92 @@ impl Authenticator {
     }
 
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        &self.inner.settings
     }
 
+    /// The start-up line: version and every effective setting.
     pub fn describe(&self) -> String {
-        self.settings.describe()
+        startup::describe(&self.inner.settings)
+    }
+
+    /// Start-up warnings about risky but working configurations.
+    pub fn warnings(&self) -> Vec<String> {
+        startup::warnings(&self.inner.settings)
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot()
+        self.inner.metrics.snapshot()
     }
 
     /// Whether [`authorize`](Self::authorize) needs the peer address (token-less bypass set up).
     pub fn wants_peer_address(&self) -> bool {
-        !self.settings.trusted_addresses.is_empty()
+        !self.inner.settings.trusted_addresses.is_empty()
     }
 
-    /// Decides one call from its `authorization` and `x-kbase-token` metadata values and,
-    /// if [`wants_peer_address`](Self::wants_peer_address), the caller's IP address.
-    pub fn authorize(&self, authorization: Option<&str>, kbase_token: Option<&str>, peer: Option<&str>) -> Decision {
-        match self.decide(authorization, kbase_token, peer, |user| Decision::Allow { user: user.cloned() }) {
-            Ok(allowed) => allowed,
-            Err(denial) => Decision::Deny(denial),
-        }
+    /// Entries currently cached (after pending maintenance); for tests and soak checks.
+    pub fn cached_entries(&self) -> u64 {
+        self.inner.cache.entry_count()
     }
 
-    /// The JNI hot path: the same decision, but an allowed call clones nothing (the user name
-    /// stays where it is cached), so hits cause no reference-count traffic between threads.
-    pub fn authorize_status(
+    /// Auth2 exchanges in flight right now; for tests.
+    pub fn exchanges_in_flight(&self) -> usize {
+        self.inner.flights.len()
+    }
+
+    /// Decides one call from every value of its `authorization` and `x-kbase-token` metadata
+    /// and, if [`wants_peer_address`](Self::wants_peer_address), the caller's IP address. The
+    /// only decision function: the JNI export calls exactly this.
+    pub fn authorize(
         &self,
-        authorization: Option<&str>,
-        kbase_token: Option<&str>,
+        authorization: &[&str],
+        kbase_token: &[&str],
         peer: Option<&str>,
-    ) -> Result<(), Denial> {
-        self.decide(authorization, kbase_token, peer, |_| ())
-    }
-
-    /// `allow` receives the cached user name (`None` for a trusted token-less caller).
-    fn decide<R>(
-        &self,
-        authorization: Option<&str>,
-        kbase_token: Option<&str>,
-        peer: Option<&str>,
-        allow: impl Fn(Option<&Arc<str>>) -> R,
-    ) -> Result<R, Denial> {
-        let (result, cache_hit) = match token::extract(authorization, kbase_token) {
-            Ok(token) => self.decide_token(token, |user| allow(Some(user))),
-            Err(TokenError::Missing) if self.is_trusted(peer) => (Ok(allow(None)), false),
+    ) -> Result<Allowed, Denial> {
+        let inner = &self.inner;
+        let Some(now) = inner.clock.now() else {
+            // Unknown "now" makes every expiry meaningless: fail closed.
+            let denial = internal_error("the system clock cannot be read");
+            inner.metrics.decided(Some(denial.reason), false);
+            return Err(inner.with_log_verdict(denial, 0));
+        };
+        let (result, hit) = match token::extract(authorization, kbase_token) {
+            Ok(token) => Inner::decide_token(inner, token, now),
+            Err(TokenError::Missing) if inner.is_trusted(peer) => (Ok(Allowed::Quietly), false),
             Err(e) => (Err(token_denial(e)), false),
         };
-        self.metrics.decided(result.as_ref().err().map(|d| d.reason), cache_hit);
-        result
+        inner.metrics.decided(result.as_ref().err().map(|d| d.reason), hit);
+        result.map_err(|d| inner.with_log_verdict(d, now.mono_ms))
     }
+}
 
+impl Inner {
     fn is_trusted(&self, peer: Option<&str>) -> bool {
         peer.and_then(|p| p.parse::<IpAddr>().ok()).is_some_and(|ip| self.settings.trusted_addresses.contains(&ip))
     }
 
-    /// Cache hit → expiry check → cached verdict; miss → one Auth2 exchange (single flight).
-    /// Also says whether the verdict came from the cache.
-    fn decide_token<R>(&self, token: Token<'_>, allow: impl Fn(&Arc<str>) -> R) -> (Result<R, Denial>, bool) {
+    fn with_log_verdict(&self, mut denial: Denial, now_mono: u64) -> Denial {
+        denial.log = self.denial_log.admit(denial.reason, now_mono);
+        denial
+    }
+
+    /// Also says whether the answer came from the cache.
+    fn decide_token(self: &Arc<Self>, token: Token<'_>, now: Now) -> (Result<Allowed, Denial>, bool) {
         let key = token.key();
-        let now_ms = epoch_ms();
-        let judge = |v: &Verdict| judge(v, now_ms).map(&allow);
-        let (result, hit) = match self.cache.with_hit(&key, now_ms, judge) {
-            Some(result) => (result, true),
-            None => {
-                self.metrics.miss();
-                let result = match self.cache.get_or_fetch(key, || self.fetch_verdict(token)) {
-                    Ok(v) => {
-                        let result = judge(&v);
-                        self.cache.remember(key, v);
-                        result
-                    }
-                    Err(e) => Err(match &*e {
-                        MissError::InvalidUncached => Denial::new(Reason::Invalid, MSG_INVALID),
-                        MissError::Unavailable(detail) => unavailable(detail),
-                    }),
-                };
-                (result, false)
+        let lookup = self.cache.lookup(&key, now.mono_ms, |e| {
+            let verdict = judge(e, now.wall_ms);
+            let refresh = verdict.is_ok() && e.claim_refresh(now.mono_ms);
+            (verdict, refresh)
+        });
+        let (result, hit) = match lookup {
+            Lookup::Fresh((verdict, refresh)) => {
+                if refresh {
+                    self.metrics.refreshes.inc();
+                    self.in_background(token, key, now);
+                }
+                (verdict.map(|()| Allowed::Quietly), true)
             }
+            Lookup::Ended(old) => (self.revalidate(token, key, Some(old), now), false),
+            Lookup::Absent => (self.revalidate(token, key, None, now), false),
         };
         let result = result.map_err(|mut d| {
             d.fingerprint = Some(token.fingerprint());
@@ -153,90 +197,265 @@ impl Authenticator {
         (result, hit)
     }
 
-    /// One Auth2 exchange (shared by all concurrent callers of the same token) turned into a
-    /// cacheable verdict.
-    fn fetch_verdict(&self, token: Token<'_>) -> Result<Verdict, MissError> {
-        let permit = self.breaker.admit().map_err(|r| {
-            self.metrics.fail_fast.inc();
-            MissError::Unavailable(r.to_string())
-        })?;
-        self.metrics.auth2_requests.inc();
-        let started = Instant::now();
-        let client = Arc::clone(&self.client);
-        let owned = token.expose().to_owned();
-        let with_roles = self.policy.needs_roles();
-        // The runtime's own timeouts end the exchange; this deadline is the backstop for our wait.
-        let deadline = self.settings.request_timeout * if with_roles { 2 } else { 1 } + Duration::from_secs(1);
-        let answer = runtime::run(async move { client.lookup(&owned, with_roles).await }, deadline)
-            .unwrap_or_else(|e| Err(Auth2Error::Unavailable(e)));
-        self.metrics.auth2_latency(started.elapsed());
-        drop(permit);
-
-        let now_ms = epoch_ms();
-        match answer {
-            Ok(info) => {
-                self.breaker.success();
-                Ok(self.verdict_for(info, now_ms))
+    /// A call whose token has no fresh entry: one exchange (shared), waited for with a bound.
+    fn revalidate(
+        self: &Arc<Self>,
+        token: Token<'_>,
+        key: TokenKey,
+        old: Option<Arc<Entry>>,
+        now: Now,
+    ) -> Result<Allowed, Denial> {
+        self.metrics.miss();
+        // A token known to have expired will not become valid again: no need to ask.
+        if let Some(e) = old.as_ref().filter(|e| e.is_allow() && e.expires_ms <= now.wall_ms) {
+            return judge(e, now.wall_ms).map(|()| Allowed::Quietly);
+        }
+        // An outage already met by this entry: answer from it at once, retry in the background.
+        if let Some(e) = old.as_ref().filter(|e| e.is_stale() && self.stale_usable(e, now)) {
+            if e.claim_refresh(now.mono_ms) {
+                self.in_background(token, key, now);
             }
-            Err(Auth2Error::Invalid) => {
-                self.breaker.success();
-                if self.settings.cache_invalid_ttl.is_zero() {
-                    return Err(MissError::InvalidUncached);
+            return Ok(self.stale_allow(e, token, "Auth2 still failing"));
+        }
+        let retain_ms = self.settings.retain_valid().as_millis() as u64;
+        let known_valid = old.as_ref().is_some_and(|e| {
+            e.is_allow() && now.mono_ms < e.fresh_until.saturating_add(retain_ms) && e.expires_ms > now.wall_ms
+        });
+        let purpose = if known_valid { Purpose::KnownValid } else { Purpose::NewToken };
+        let flight = match self.flights.join_or_lead(key) {
+            Role::Follower(f) => f,
+            Role::Leader(f) => {
+                // Someone else's exchange may have finished between our lookup and now.
+                match self.cache.get_fresh(&key, now.mono_ms) {
+                    Some(fresh) => self.flights.finish(key, &f, Fetched::Entry(fresh)),
+                    None => self.lead(token, key, purpose, &f, now),
                 }
-                Ok(Verdict::new(
-                    i64::MAX,
-                    Outcome::Deny(Arc::new(Denial::new(Reason::Invalid, MSG_INVALID))),
-                    self.settings.cache_invalid_ttl,
-                    now_ms,
-                ))
+                f
             }
-            Err(Auth2Error::Unavailable(detail)) => {
-                self.metrics.auth2_failures.inc();
-                self.breaker.failure();
-                Err(MissError::Unavailable(detail))
+        };
+        let fetched = flight.wait(self.wait_bound()).unwrap_or_else(|| {
+            Fetched::Unavailable(format!("no answer from Auth2 within {:?}", self.wait_bound()).into())
+        });
+        // Judge with the time *after* the wait: a token may expire while Auth2 answers.
+        let Some(now) = self.clock.now() else { return Err(internal_error("the system clock cannot be read")) };
+        let denial = match fetched {
+            Fetched::Entry(e) => return judge(&e, now.wall_ms).map(|()| Allowed::Quietly),
+            Fetched::InvalidUncached => return Err(Denial::new(Reason::Invalid, MSG_INVALID)),
+            Fetched::Refused(Refusal::BudgetSpent) => {
+                return Err(Denial::new(Reason::TooManyNewTokens, MSG_TOO_MANY_NEW_TOKENS)
+                    .with_detail(Refusal::BudgetSpent.to_string()))
             }
+            Fetched::Refused(r) => unavailable(&r.to_string()),
+            Fetched::Unavailable(detail) => unavailable(&detail),
+        };
+        match old.filter(|e| self.stale_usable(e, now)) {
+            Some(e) => {
+                e.mark_stale(now.mono_ms);
+                Ok(self.stale_allow(&e, token, &denial.detail))
+            }
+            None => Err(denial),
         }
     }
 
-    fn verdict_for(&self, info: TokenInfo, now_ms: i64) -> Verdict {
+    /// Whether an ended valid entry may still answer: stale-if-error on, within its grace,
+    /// and never past the token's own expiry.
+    fn stale_usable(&self, e: &Entry, now: Now) -> bool {
+        let grace_ms = self.settings.stale_if_error.as_millis() as u64;
+        grace_ms > 0
+            && e.is_allow()
+            && now.mono_ms < e.fresh_until.saturating_add(grace_ms)
+            && e.expires_ms > now.wall_ms
+    }
+
+    fn stale_allow(&self, e: &Entry, token: Token<'_>, why: &str) -> Allowed {
+        self.metrics.stale_allows.inc();
+        if !e.claim_stale_warning() {
+            return Allowed::Quietly;
+        }
+        Allowed::WithWarning(format!(
+            "KBase auth: allowing token={} on its last valid answer although Auth2 cannot confirm it \
+             (cache.staleIfError={:?}; {why})",
+            token.fingerprint(),
+            self.settings.stale_if_error
+        ))
+    }
+
+    /// Starts a re-validation nobody waits for (refresh ahead, stale retries), unless one is
+    /// already in flight for this token.
+    fn in_background(self: &Arc<Self>, token: Token<'_>, key: TokenKey, now: Now) {
+        if let Role::Leader(f) = self.flights.join_or_lead(key) {
+            self.lead(token, key, Purpose::KnownValid, &f, now);
+        }
+    }
+
+    /// Passes the gates and spawns the exchange, or ends the flight with the refusal.
+    fn lead(
+        self: &Arc<Self>,
+        token: Token<'_>,
+        key: TokenKey,
+        purpose: Purpose,
+        flight: &Arc<Flight<Fetched>>,
+        now: Now,
+    ) {
+        let mut exchange =
+            Exchange { inner: Arc::clone(self), key, flight: Arc::clone(flight), pass: None, slot: None, done: false };
+        if let Err(refusal) = exchange.admit(purpose, now) {
+            if refusal != Refusal::BudgetSpent {
+                self.metrics.fail_fast.inc();
+            }
+            exchange.finish(Fetched::Refused(refusal));
+            return;
+        }
+        let rt = match runtime::get() {
+            Ok(rt) => rt,
+            Err(e) => return exchange.finish(Fetched::Unavailable(e.into())),
+        };
+        self.metrics.auth2_requests.inc();
+        let raw = token.expose().to_owned();
+        rt.spawn(async move {
+            let inner = Arc::clone(&exchange.inner);
+            let started = Instant::now();
+            let answer = inner.client.lookup(&raw, inner.policy.needs_roles()).await;
+            inner.metrics.auth2_latency(started.elapsed());
+            let fetched = exchange.settle(answer);
+            exchange.finish(fetched);
+        });
+    }
+
+    /// How long a caller waits for an exchange: the runtime's own timeouts end it first; this
+    /// is the backstop.
+    fn wait_bound(&self) -> Duration {
+        let exchanges = if self.policy.needs_roles() { 2 } else { 1 };
+        self.settings.request_timeout * exchanges + Duration::from_secs(1)
+    }
+
+    fn entry_for(&self, info: TokenInfo, now: Now) -> Entry {
         let id = info.identity;
         let outcome = match self.policy.check(&id) {
             Ok(()) => Outcome::Allow(Arc::from(id.user)),
             Err(denial) => Outcome::Deny(Arc::new(denial)),
         };
-        let mut ttl = valid_ttl(info.cache_for, self.settings.cache_max_ttl, id.expires_ms, now_ms);
-        if id.expires_ms <= now_ms {
+        let allowed = matches!(outcome, Outcome::Allow(_));
+        let s = &self.settings;
+        let (mut life, ends_at_expiry) = valid_life(info.cache_for, s.cache_max_ttl, id.expires_ms, now.wall_ms);
+        if id.expires_ms <= now.wall_ms {
             // Auth2 said 200 for an expired token; it will not become valid again.
-            ttl = self.settings.cache_invalid_ttl;
+            life = s.cache_invalid_ttl;
         }
-        Verdict::new(id.expires_ms, outcome, ttl, now_ms)
+        // Refreshing an entry that ends with its token gains nothing; nor does refreshing a denial.
+        let refresh = (allowed && !ends_at_expiry && !s.refresh_ahead.is_zero()).then(|| s.refresh_ahead.min(life / 2));
+        let retain = if allowed { s.retain_valid() } else { Duration::ZERO };
+        Entry::new(outcome, id.expires_ms, now.mono_ms, life, refresh, retain)
+    }
+}
+
+/// One exchange in flight: holds its gates' passes, and ends its flight exactly once — also if
+/// it is dropped unfinished (a panic, a runtime that could not take it), so no waiter and no
+/// later caller is left behind a flight that never ends.
+struct Exchange {
+    inner: Arc<Inner>,
+    key: TokenKey,
+    flight: Arc<Flight<Fetched>>,
+    pass: Option<Pass>,
+    slot: Option<Slot>,
+    done: bool,
+}
+
+impl Exchange {
+    /// In-flight slot, then the breaker, then (for new tokens) the budget: a token is taken
+    /// from the budget only for an exchange that really happens.
+    fn admit(&mut self, purpose: Purpose, now: Now) -> Result<(), Refusal> {
+        let inner = &self.inner;
+        self.slot = Some(inner.in_flight.try_acquire(purpose)?);
+        self.pass = Some(inner.breaker.admit(now.mono_ms)?);
+        if purpose == Purpose::NewToken && !inner.budget.try_take(now.mono_ms) {
+            return Err(Refusal::BudgetSpent);
+        }
+        Ok(())
     }
 
-    /// Entries currently cached (after pending maintenance); for tests and soak checks.
-    pub fn cached_entries(&self) -> u64 {
-        self.cache.entry_count()
+    /// Turns Auth2's answer into what waiters get, updating the cache and the breaker.
+    fn settle(&mut self, answer: Result<TokenInfo, Auth2Error>) -> Fetched {
+        let inner = &self.inner;
+        let Some(now) = inner.clock.now() else {
+            self.record(ServiceOutcome::Neutral, 0);
+            return Fetched::Unavailable("the system clock cannot be read".into());
+        };
+        let (outcome, fetched) = match answer {
+            Ok(info) => {
+                let entry = Arc::new(inner.entry_for(info, now));
+                inner.cache.insert(self.key, Arc::clone(&entry));
+                (ServiceOutcome::Healthy, Fetched::Entry(entry))
+            }
+            Err(Auth2Error::Invalid) if inner.settings.cache_invalid_ttl.is_zero() => {
+                inner.cache.remove(&self.key);
+                (ServiceOutcome::Neutral, Fetched::InvalidUncached)
+            }
+            Err(Auth2Error::Invalid) => {
+                let denial = Outcome::Deny(Arc::new(Denial::new(Reason::Invalid, MSG_INVALID)));
+                let life = inner.settings.cache_invalid_ttl;
+                let entry = Arc::new(Entry::new(denial, i64::MAX, now.mono_ms, life, None, Duration::ZERO));
+                inner.cache.insert(self.key, Arc::clone(&entry));
+                (ServiceOutcome::Neutral, Fetched::Entry(entry))
+            }
+            Err(Auth2Error::ServiceFailure(detail)) => {
+                inner.metrics.auth2_failures.inc();
+                (ServiceOutcome::Failed, Fetched::Unavailable(detail.into()))
+            }
+            Err(Auth2Error::BadAnswer(detail)) => {
+                inner.metrics.auth2_failures.inc();
+                (ServiceOutcome::Neutral, Fetched::Unavailable(detail.into()))
+            }
+        };
+        self.record(outcome, now.mono_ms);
+        fetched
+    }
+
+    fn record(&mut self, outcome: ServiceOutcome, now_mono: u64) {
+        if let Some(pass) = self.pass.take() {
+            self.inner.breaker.record(pass, outcome, now_mono);
+        }
+    }
+
+    fn finish(mut self, fetched: Fetched) {
+        self.finish_with(fetched);
+    }
+
+    fn finish_with(&mut self, fetched: Fetched) {
+        // A pass not yet reported (refused later, or abandoned) frees the breaker's trial.
+        self.record(ServiceOutcome::Neutral, 0);
+        self.slot = None;
+        self.done = true;
+        self.inner.flights.finish(self.key, &self.flight, fetched);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish_with(Fetched::Unavailable("the Auth2 exchange was abandoned".into()));
+        }
     }
 }
 
 /// The per-call check of a cached verdict: expiry first (every call, hits included), then what
 /// Auth2 and the policy said.
-fn judge(v: &Verdict, now_ms: i64) -> Result<&Arc<str>, Denial> {
-    if v.expires_ms <= now_ms {
-        let at = format_epoch_ms(v.expires_ms);
+fn judge(e: &Entry, now_wall: i64) -> Result<(), Denial> {
+    if e.expires_ms <= now_wall {
+        let at = format_epoch_ms(e.expires_ms);
         return Err(Denial::new(
             Reason::Expired,
             format!("KBase token expired at {at}; log in to KBase again and use the new token"),
         ));
     }
-    match &v.outcome {
-        Outcome::Allow(user) => Ok(user),
+    match &e.outcome {
+        Outcome::Allow(_) => Ok(()),
         Outcome::Deny(d) => Err((**d).clone()),
     }
 }
 
 fn unavailable(detail: &str) -> Denial {
-    Denial::new(Reason::Unavailable, "KBase auth service unavailable; the token could not be checked, retry shortly")
-        .with_detail(detail)
+    Denial::new(Reason::Unavailable, MSG_UNAVAILABLE).with_detail(detail)
 }
 
 fn token_denial(e: TokenError) -> Denial {
@@ -247,21 +466,7 @@ fn token_denial(e: TokenError) -> Denial {
     }
 }
 
-/// Wall-clock now in epoch ms (Auth2 expiries are epoch ms): the single clock read of the hit
-/// path. The coarse clock costs a quarter of the precise one; its tick (1–4 ms, the kernel's
-/// jiffy) is far below any cache window or token lifetime, so an expiry is enforced at most a
-/// few milliseconds late.
-fn epoch_ms() -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // Safety: `ts` is a valid out-pointer; CLOCK_REALTIME_COARSE exists on every Linux we load on.
-    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
-        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
-    } else {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-    }
-}
-
-/// The decision for a failure inside the plugin itself (a panic, a JNI error).
+/// The decision for a failure inside the plugin itself (a panic, a JNI error, no clock).
 pub fn internal_error(detail: impl Into<String>) -> Denial {
     Denial::new(Reason::Internal, MSG_INTERNAL).with_detail(detail)
 }

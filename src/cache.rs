@@ -1,16 +1,21 @@
 //! The verdict cache: token hash → what Auth2 and the policy said, for a bounded time.
 //!
 //! * Keyed by a keyed hash of the token ([`TokenKey`]), never the token.
-//! * A hit is synchronous in the calling thread: first a tiny per-thread front table (no shared
-//!   writes, so hits scale with threads), then the shared `moka` cache. No runtime hop, no lock
-//!   held across I/O. The token's expiry is re-checked by the caller on every hit.
-//! * Misses for one key share a single Auth2 exchange (`try_get_with` is single-flight).
+//! * An entry is *fresh* until `fresh_until` on the monotonic clock; the caller re-checks the
+//!   token's own expiry (wall clock) on every use. An entry that has ended is kept a while
+//!   longer (`retain`) but never answers by itself: it only tells the caller that this token was
+//!   valid recently (re-validation without the new-token budget; stale-if-error).
+//! * A lookup is synchronous in the calling thread: first a tiny per-thread front table (no
+//!   shared writes, so hits scale with threads), then the shared `moka` cache. No runtime hop, no
+//!   lock held across I/O, nothing allocated or reference-counted on a front-table hit.
+//! * Replacing an entry marks the old one superseded, so that every thread's front table drops
+//!   it at its next use: a revocation found by a background refresh bites at once everywhere.
 //! * Lifetimes: valid tokens `min(cachefor, cap, expires − now)`; rejected tokens the short
 //!   invalid TTL; transport failures are never stored.
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,23 +26,33 @@ use crate::decision::Denial;
 use crate::token::TokenKey;
 
 /// What a token is worth, as cached.
-#[derive(Clone, Debug)]
-pub struct Verdict {
-    /// Token expiry (epoch ms); checked on every use. `i64::MAX` for rejected tokens.
-    pub expires_ms: i64,
+#[derive(Debug)]
+pub struct Entry {
     pub outcome: Outcome,
-    /// How long the cache keeps it (decided at insertion).
-    pub ttl: Duration,
-    /// The same deadline as epoch ms, for the per-thread front table.
-    pub cache_until_ms: i64,
+    /// Token expiry (wall-clock epoch ms); checked on every use. `i64::MAX` for rejected tokens.
+    pub expires_ms: i64,
+    /// End of the entry's life (monotonic ms).
+    pub fresh_until: u64,
+    /// From this monotonic ms on, a use may start a background re-validation (`u64::MAX`:
+    /// never). Whoever starts one pushes it `retry_ms` further, so that a failed attempt is
+    /// retried a little later rather than on every call.
+    next_refresh: AtomicU64,
+    retry_ms: u64,
+    /// How long moka keeps it in memory after insertion: its life plus the retention.
+    keep: Duration,
+    flags: AtomicU8,
 }
 
-impl Verdict {
-    pub fn new(expires_ms: i64, outcome: Outcome, ttl: Duration, now_ms: i64) -> Verdict {
-        let cache_until_ms = now_ms.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
-        Verdict { expires_ms, outcome, ttl, cache_until_ms }
-    }
-}
+/// A newer entry (or a removal) replaced this one.
+const SUPERSEDED: u8 = 1;
+/// A re-validation after the entry's end failed: the entry now answers stale (if allowed).
+const STALE: u8 = 2;
+/// The stale-allow warning for this entry has been logged.
+const STALE_WARNED: u8 = 4;
+
+/// Background attempts for one entry are at least this far apart, and at most [`MAX_RETRY_MS`].
+const MIN_RETRY_MS: u64 = 100;
+const MAX_RETRY_MS: u64 = 2_000;
 
 #[derive(Clone, Debug)]
 pub enum Outcome {
@@ -46,11 +61,97 @@ pub enum Outcome {
     Deny(Arc<Denial>),
 }
 
-struct VerdictTtl;
+impl Entry {
+    /// `life`: how long it is fresh from `now_mono`; `refresh_window`: the last part of that life
+    /// in which a use starts a background refresh (`None`: never); `retain`: how long it is kept
+    /// after its end.
+    pub fn new(
+        outcome: Outcome,
+        expires_ms: i64,
+        now_mono: u64,
+        life: Duration,
+        refresh_window: Option<Duration>,
+        retain: Duration,
+    ) -> Entry {
+        let life_ms = life.as_millis().min(u64::MAX as u128 / 4) as u64;
+        let fresh_until = now_mono.saturating_add(life_ms);
+        let window_ms = refresh_window.map(|w| w.as_millis().min(u128::from(life_ms)) as u64);
+        Entry {
+            outcome,
+            expires_ms,
+            fresh_until,
+            next_refresh: AtomicU64::new(window_ms.map_or(u64::MAX, |w| fresh_until - w)),
+            retry_ms: (window_ms.unwrap_or(0) / 4).clamp(MIN_RETRY_MS, MAX_RETRY_MS),
+            keep: life + retain,
+            flags: AtomicU8::new(0),
+        }
+    }
 
-impl Expiry<TokenKey, Verdict> for VerdictTtl {
-    fn expire_after_create(&self, _key: &TokenKey, value: &Verdict, _now: Instant) -> Option<Duration> {
-        Some(value.ttl)
+    #[inline]
+    pub fn is_fresh(&self, now_mono: u64) -> bool {
+        now_mono < self.fresh_until && self.flags.load(Ordering::Acquire) & SUPERSEDED == 0
+    }
+
+    pub fn is_allow(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow(_))
+    }
+
+    /// True for the one caller that gets to start a background re-validation now.
+    #[inline]
+    pub fn claim_refresh(&self, now_mono: u64) -> bool {
+        let next = self.next_refresh.load(Ordering::Relaxed);
+        now_mono >= next
+            && self
+                .next_refresh
+                .compare_exchange(next, now_mono.saturating_add(self.retry_ms), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// When the next background re-validation may start (`u64::MAX`: never); for tests.
+    pub fn next_refresh(&self) -> u64 {
+        self.next_refresh.load(Ordering::Relaxed)
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & STALE != 0
+    }
+
+    /// From now on the ended entry answers stale, and may be re-validated in the background.
+    pub fn mark_stale(&self, now_mono: u64) {
+        if self.set_flag(STALE) {
+            self.next_refresh.store(now_mono.saturating_add(self.retry_ms), Ordering::Relaxed);
+        }
+    }
+
+    /// True once per entry: whether to log its first stale allow.
+    pub fn claim_stale_warning(&self) -> bool {
+        self.set_flag(STALE_WARNED)
+    }
+
+    fn supersede(&self) {
+        self.set_flag(SUPERSEDED);
+    }
+
+    /// Sets `flag`; true if this call set it.
+    fn set_flag(&self, flag: u8) -> bool {
+        self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0
+    }
+}
+
+/// What the cache holds for a token right now.
+pub enum Lookup<R> {
+    /// A fresh entry: `R` is what the caller's function made of it.
+    Fresh(R),
+    /// An entry that has ended (or been superseded) but is still retained.
+    Ended(Arc<Entry>),
+    Absent,
+}
+
+struct KeepFor;
+
+impl Expiry<TokenKey, Arc<Entry>> for KeepFor {
+    fn expire_after_create(&self, _key: &TokenKey, value: &Arc<Entry>, _now: Instant) -> Option<Duration> {
+        Some(value.keep)
     }
 }
 
@@ -87,7 +188,7 @@ impl BuildHasher for KeyHashBuilder {
 }
 
 pub struct VerdictCache {
-    inner: Cache<TokenKey, Verdict, KeyHashBuilder>,
+    inner: Cache<TokenKey, Arc<Entry>, KeyHashBuilder>,
     /// Tells this cache's entries apart in the per-thread front tables (never reused).
     id: u64,
 }
@@ -98,7 +199,7 @@ const FRONT_SLOTS: usize = 4;
 struct FrontEntry {
     cache_id: u64,
     key: TokenKey,
-    verdict: Verdict,
+    entry: Arc<Entry>,
 }
 
 #[derive(Default)]
@@ -114,45 +215,51 @@ thread_local! {
 impl VerdictCache {
     pub fn new(max_entries: u64) -> VerdictCache {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let inner =
-            Cache::builder().max_capacity(max_entries).expire_after(VerdictTtl).build_with_hasher(KeyHashBuilder);
+        let inner = Cache::builder().max_capacity(max_entries).expire_after(KeepFor).build_with_hasher(KeyHashBuilder);
         VerdictCache { inner, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) }
     }
 
-    /// The hot path: this thread's front table, then the shared cache. `f` sees the verdict
-    /// by reference, so a hit clones nothing shared (no reference-count traffic between threads).
+    /// The hot path: this thread's front table, then the shared cache. `f` sees a fresh entry
+    /// by reference, so a front-table hit clones nothing shared.
     #[inline]
-    pub fn with_hit<R>(&self, key: &TokenKey, now_ms: i64, f: impl FnOnce(&Verdict) -> R) -> Option<R> {
+    pub fn lookup<R>(&self, key: &TokenKey, now_mono: u64, f: impl FnOnce(&Entry) -> R) -> Lookup<R> {
         FRONT.with(|front| {
             let mut front = front.borrow_mut();
-            let slot =
-                front.slots.iter_mut().find(|e| e.as_ref().is_some_and(|e| e.cache_id == self.id && e.key == *key));
-            if let Some(slot) = slot {
+            if let Some(slot) = front.slot_of(self.id, key) {
                 match slot {
-                    Some(entry) if entry.verdict.cache_until_ms > now_ms => return Some(f(&entry.verdict)),
+                    Some(e) if e.entry.is_fresh(now_mono) => return Lookup::Fresh(f(&e.entry)),
                     _ => *slot = None,
                 }
             }
-            let verdict = self.inner.get(key)?;
-            let result = f(&verdict);
-            front.remember(self.id, *key, verdict);
-            Some(result)
+            match self.inner.get(key) {
+                Some(entry) if entry.is_fresh(now_mono) => {
+                    let result = f(&entry);
+                    front.remember(self.id, *key, entry);
+                    Lookup::Fresh(result)
+                }
+                Some(entry) => Lookup::Ended(entry),
+                None => Lookup::Absent,
+            }
         })
     }
 
-    /// Puts a freshly fetched verdict in this thread's front table too.
-    pub fn remember(&self, key: TokenKey, verdict: Verdict) {
-        FRONT.with(|front| front.borrow_mut().remember(self.id, key, verdict));
+    /// A fresh entry from the shared cache (not the front table), for a lookup about to start
+    /// that may find someone else's exchange has just finished.
+    pub fn get_fresh(&self, key: &TokenKey, now_mono: u64) -> Option<Arc<Entry>> {
+        self.inner.get(key).filter(|e| e.is_fresh(now_mono))
     }
 
-    /// On a miss: runs `fetch` once for all concurrent callers of the same key, stores an `Ok`
-    /// verdict for its `ttl`, and stores nothing on `Err`.
-    pub fn get_or_fetch<E, F>(&self, key: TokenKey, fetch: F) -> Result<Verdict, Arc<E>>
-    where
-        F: FnOnce() -> Result<Verdict, E>,
-        E: Send + Sync + 'static,
-    {
-        self.inner.try_get_with(key, fetch)
+    /// Stores a new entry for `key`; the one it replaces stops answering in every thread.
+    pub fn insert(&self, key: TokenKey, entry: Arc<Entry>) {
+        self.remove(&key);
+        self.inner.insert(key, entry);
+    }
+
+    /// Forgets `key` (in every thread's front table too).
+    pub fn remove(&self, key: &TokenKey) {
+        if let Some(old) = self.inner.remove(key) {
+            old.supersede();
+        }
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -162,134 +269,155 @@ impl VerdictCache {
 }
 
 impl Front {
-    fn remember(&mut self, cache_id: u64, key: TokenKey, verdict: Verdict) {
+    fn slot_of(&mut self, cache_id: u64, key: &TokenKey) -> Option<&mut Option<FrontEntry>> {
+        self.slots.iter_mut().find(|e| e.as_ref().is_some_and(|e| e.cache_id == cache_id && e.key == *key))
+    }
+
+    fn remember(&mut self, cache_id: u64, key: TokenKey, entry: Arc<Entry>) {
         let slot = self.next % FRONT_SLOTS;
         self.next = self.next.wrapping_add(1);
-        self.slots[slot] = Some(FrontEntry { cache_id, key, verdict });
+        self.slots[slot] = Some(FrontEntry { cache_id, key, entry });
     }
 }
 
-/// Lifetime of a valid token's entry: `min(cachefor, cap, expires − now)`, never negative.
-pub fn valid_ttl(cache_for: Option<Duration>, cap: Duration, expires_ms: i64, now_ms: i64) -> Duration {
-    let until_expiry = Duration::from_millis(expires_ms.saturating_sub(now_ms).max(0) as u64);
-    cache_for.unwrap_or(cap).min(cap).min(until_expiry)
+/// Lifetime of a valid token's entry: `min(cachefor, cap, expires − now)`, never negative; and
+/// whether the token's expiry is what ends it.
+pub fn valid_life(cache_for: Option<Duration>, cap: Duration, expires_ms: i64, now_wall: i64) -> (Duration, bool) {
+    let until_expiry = Duration::from_millis(expires_ms.saturating_sub(now_wall).max(0) as u64);
+    let life = cache_for.unwrap_or(cap).min(cap);
+    if until_expiry <= life {
+        (until_expiry, true)
+    } else {
+        (life, false)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decision::Reason;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn key(n: u8) -> TokenKey {
         TokenKey(u128::from(n) * 0x0101_0101_0101_0101_0101_0101_0101_0101)
     }
 
-    fn allow(ttl: Duration) -> Verdict {
-        Verdict::new(i64::MAX, Outcome::Allow("alice".into()), ttl, now())
+    fn allow(now: u64, life_ms: u64) -> Arc<Entry> {
+        Arc::new(Entry::new(
+            Outcome::Allow("alice".into()),
+            i64::MAX,
+            now,
+            Duration::from_millis(life_ms),
+            None,
+            Duration::from_secs(60),
+        ))
     }
 
-    fn now() -> i64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-    }
-
-    fn hit(c: &VerdictCache, k: &TokenKey) -> bool {
-        c.with_hit(k, now(), |_| ()).is_some()
+    fn state(c: &VerdictCache, k: &TokenKey, now: u64) -> &'static str {
+        match c.lookup(k, now, |_| ()) {
+            Lookup::Fresh(()) => "fresh",
+            Lookup::Ended(_) => "ended",
+            Lookup::Absent => "absent",
+        }
     }
 
     #[test]
-    fn ttl_is_the_minimum() {
+    fn life_is_the_minimum() {
         let cap = Duration::from_secs(300);
-        assert_eq!(valid_ttl(Some(Duration::from_secs(60)), cap, 1_000_000, 0), Duration::from_secs(60));
-        assert_eq!(valid_ttl(Some(Duration::from_secs(900)), cap, i64::MAX, 0), cap);
-        assert_eq!(valid_ttl(None, cap, i64::MAX, 0), cap);
-        assert_eq!(valid_ttl(Some(Duration::from_secs(60)), cap, 10_500, 500), Duration::from_secs(10));
-        assert_eq!(valid_ttl(Some(Duration::from_secs(60)), cap, 0, 500), Duration::ZERO);
+        let s = Duration::from_secs;
+        assert_eq!(valid_life(Some(s(60)), cap, 1_000_000, 0), (s(60), false));
+        assert_eq!(valid_life(Some(s(900)), cap, i64::MAX, 0), (cap, false));
+        assert_eq!(valid_life(None, cap, i64::MAX, 0), (cap, false));
+        assert_eq!(valid_life(Some(s(60)), cap, 10_500, 500), (s(10), true));
+        assert_eq!(valid_life(Some(s(60)), cap, 0, 500), (Duration::ZERO, true));
     }
 
     #[test]
-    fn stores_ok_and_not_err() {
+    fn fresh_then_ended_on_the_monotonic_clock() {
         let c = VerdictCache::new(100);
-        assert!(!hit(&c, &key(1)));
-        let r: Result<_, Arc<&str>> = c.get_or_fetch(key(1), || Err("down"));
-        assert!(r.is_err());
-        assert!(!hit(&c, &key(1)), "failures must not be cached");
-        let calls = AtomicUsize::new(0);
-        for _ in 0..3 {
-            let v = c
-                .get_or_fetch::<(), _>(key(1), || {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Ok(allow(Duration::from_secs(60)))
-                })
-                .unwrap();
-            assert!(matches!(v.outcome, Outcome::Allow(_)));
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(hit(&c, &key(1)));
-    }
-
-    #[test]
-    fn entry_expires_after_its_ttl() {
-        let c = VerdictCache::new(100);
-        c.get_or_fetch::<(), _>(key(2), || Ok(allow(Duration::from_millis(100)))).unwrap();
-        let denial = Arc::new(Denial::new(Reason::Invalid, "x"));
-        c.get_or_fetch::<(), _>(key(3), || {
-            Ok(Verdict::new(i64::MAX, Outcome::Deny(denial), Duration::from_secs(60), now()))
-        })
-        .unwrap();
-        assert!(hit(&c, &key(2)));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while hit(&c, &key(2)) {
-            assert!(Instant::now() < deadline, "entry outlived its ttl");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(hit(&c, &key(3)), "a longer-lived entry is still there");
-    }
-
-    #[test]
-    fn single_flight() {
-        let c = VerdictCache::new(100);
-        let calls = AtomicUsize::new(0);
-        let barrier = std::sync::Barrier::new(16);
+        assert_eq!(state(&c, &key(1), 1000), "absent");
+        c.insert(key(1), allow(1000, 500));
+        assert_eq!(state(&c, &key(1), 1000), "fresh");
+        assert_eq!(state(&c, &key(1), 1499), "fresh", "front table");
         std::thread::scope(|s| {
-            for _ in 0..16 {
-                s.spawn(|| {
-                    barrier.wait();
-                    c.get_or_fetch::<(), _>(key(4), || {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(200));
-                        Ok(allow(Duration::from_secs(60)))
-                    })
-                    .unwrap();
-                });
-            }
+            s.spawn(|| assert_eq!(state(&c, &key(1), 1499), "fresh", "shared cache"));
         });
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(state(&c, &key(1), 1500), "ended", "front table");
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(state(&c, &key(1), 1500), "ended", "shared cache"));
+        });
     }
 
     #[test]
-    fn front_table_is_per_cache_and_honours_the_deadline() {
+    fn replacing_an_entry_drops_it_from_every_front_table() {
+        let c = VerdictCache::new(100);
+        c.insert(key(2), allow(0, 60_000));
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert_eq!(state(&c, &key(2), 10), "fresh"); // now in this thread's front table
+                barrier.wait();
+                barrier.wait();
+                let now = c.lookup(&key(2), 20, |e| e.is_allow());
+                assert!(matches!(now, Lookup::Fresh(false)), "the replacement (a denial) must answer");
+            });
+            barrier.wait();
+            let denial = Arc::new(Denial::new(Reason::Invalid, "revoked"));
+            c.insert(
+                key(2),
+                Arc::new(Entry::new(Outcome::Deny(denial), i64::MAX, 15, Duration::from_secs(5), None, Duration::ZERO)),
+            );
+            barrier.wait();
+        });
+        c.remove(&key(2));
+        assert_eq!(state(&c, &key(2), 20), "absent");
+    }
+
+    #[test]
+    fn front_table_is_per_cache() {
         let (a, b) = (VerdictCache::new(10), VerdictCache::new(10));
-        a.get_or_fetch::<(), _>(key(5), || Ok(allow(Duration::from_millis(150)))).unwrap();
-        assert!(hit(&a, &key(5)));
-        assert!(!hit(&b, &key(5)), "another cache's front entry must not answer");
-        // Another thread has an empty front table and falls back to the shared cache.
-        std::thread::scope(|s| s.spawn(|| assert!(hit(&a, &key(5)))).join().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while hit(&a, &key(5)) {
-            assert!(Instant::now() < deadline, "front entry outlived its deadline");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        a.insert(key(5), allow(0, 1000));
+        assert_eq!(state(&a, &key(5), 1), "fresh");
+        assert_eq!(state(&b, &key(5), 1), "absent", "another cache's front entry must not answer");
+    }
+
+    #[test]
+    fn flags_are_claimed_once() {
+        let e = allow(0, 1000);
+        assert!(!e.claim_refresh(999), "no refresh window");
+        assert!(!e.is_stale());
+        e.mark_stale(2000);
+        assert!(e.is_stale());
+        assert!(!e.claim_refresh(2000), "the first stale retry waits a little");
+        assert!(e.claim_refresh(2100));
+        assert!(!e.claim_refresh(2100));
+        assert!(e.claim_stale_warning());
+        assert!(!e.claim_stale_warning());
+        assert!(e.is_fresh(999));
+    }
+
+    #[test]
+    fn refresh_window_is_the_end_of_the_life_and_retries_are_spaced() {
+        let e = Entry::new(
+            Outcome::Allow("a".into()),
+            i64::MAX,
+            1000,
+            Duration::from_secs(10),
+            Some(Duration::from_secs(3)),
+            Duration::ZERO,
+        );
+        assert_eq!((e.fresh_until, e.next_refresh()), (11_000, 8_000));
+        assert!(!e.claim_refresh(7_999));
+        assert!(e.claim_refresh(8_000), "the first use in the window");
+        assert!(!e.claim_refresh(8_000), "one at a time");
+        assert!(!e.claim_refresh(8_749), "a retry waits a quarter of the window");
+        assert!(e.claim_refresh(8_750));
     }
 
     #[test]
     fn bounded_size() {
         let c = VerdictCache::new(50);
         for i in 0..2000u32 {
-            c.get_or_fetch::<(), _>(TokenKey(u128::from(i) << 64 | u128::from(i)), || {
-                Ok(allow(Duration::from_secs(60)))
-            })
-            .unwrap();
+            c.insert(TokenKey(u128::from(i) << 64 | u128::from(i)), allow(0, 60_000));
         }
         assert!(c.entry_count() <= 50, "{}", c.entry_count());
     }

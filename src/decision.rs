@@ -1,8 +1,9 @@
-//! The outcome of one call: allow, or deny with a gRPC status, a client-facing message and a
-//! server log line. Neither text ever contains a token; the log line carries its fingerprint.
+//! A denied call: its gRPC status, a client-facing message and a server log line. Neither text
+//! ever contains a token; the log line carries its fingerprint.
 
 use std::fmt;
 
+use crate::denial_log::{suppressed_line, LogVerdict};
 use crate::token::Fingerprint;
 
 /// gRPC status codes the plugin answers with (values as in `io.grpc.Status.Code`).
@@ -38,11 +39,13 @@ pub enum Reason {
     MfaRequired,
     RoleMissing,
     Unavailable,
+    /// A new token while the new-token budget is spent (Auth2 not asked).
+    TooManyNewTokens,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::Ambiguous,
@@ -52,6 +55,7 @@ impl Reason {
         Reason::MfaRequired,
         Reason::RoleMissing,
         Reason::Unavailable,
+        Reason::TooManyNewTokens,
         Reason::Internal,
     ];
 
@@ -61,7 +65,7 @@ impl Reason {
                 Code::Unauthenticated
             }
             Reason::NotAllowed | Reason::MfaRequired | Reason::RoleMissing => Code::PermissionDenied,
-            Reason::Unavailable => Code::Unavailable,
+            Reason::Unavailable | Reason::TooManyNewTokens => Code::Unavailable,
             Reason::Internal => Code::Internal,
         }
     }
@@ -77,6 +81,7 @@ impl Reason {
             Reason::MfaRequired => "mfa_required",
             Reason::RoleMissing => "role_missing",
             Reason::Unavailable => "auth_unavailable",
+            Reason::TooManyNewTokens => "too_many_new_tokens",
             Reason::Internal => "internal_error",
         }
     }
@@ -86,7 +91,7 @@ impl Reason {
     }
 }
 
-/// A denial, ready to be sent (`message`) and logged (`log_line`).
+/// A denial, ready to be sent (`message`) and logged (`log_lines`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Denial {
     pub reason: Reason,
@@ -94,11 +99,19 @@ pub struct Denial {
     /// Server-side details (e.g. why Auth2 was unreachable); never sent to the client.
     pub detail: String,
     pub fingerprint: Option<Fingerprint>,
+    /// Whether this call's log line is written (see [`crate::denial_log`]).
+    pub log: LogVerdict,
 }
 
 impl Denial {
     pub fn new(reason: Reason, message: impl Into<String>) -> Denial {
-        Denial { reason, message: message.into(), detail: String::new(), fingerprint: None }
+        Denial {
+            reason,
+            message: message.into(),
+            detail: String::new(),
+            fingerprint: None,
+            log: LogVerdict::Write { suppressed_before: 0, over_ms: 0 },
+        }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Denial {
@@ -108,6 +121,17 @@ impl Denial {
 
     pub fn code(&self) -> Code {
         self.reason.code()
+    }
+
+    /// The server log lines for this call: none if the rate limit suppressed it, else the
+    /// count of lines suppressed before it (if any) and its own line.
+    pub fn log_lines(&self) -> Vec<String> {
+        match self.log {
+            LogVerdict::Suppress => Vec::new(),
+            LogVerdict::Write { suppressed_before, over_ms } => {
+                suppressed_line(self.reason, suppressed_before, over_ms).into_iter().chain([self.log_line()]).collect()
+            }
+        }
     }
 
     /// The one server log line for this denial.
@@ -127,22 +151,6 @@ impl Denial {
 impl fmt::Debug for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.log_line())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// The call may proceed. `user` is the authenticated KBase user (or `None` for a token-less
-    /// call let through by a trusted source address).
-    Allow {
-        user: Option<std::sync::Arc<str>>,
-    },
-    Deny(Denial),
-}
-
-impl Decision {
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, Decision::Allow { .. })
     }
 }
 
@@ -182,6 +190,7 @@ mod tests {
         assert_eq!(Reason::NotAllowed.code(), Code::PermissionDenied);
         assert_eq!(Reason::MfaRequired.code(), Code::PermissionDenied);
         assert_eq!(Reason::Unavailable.code(), Code::Unavailable);
+        assert_eq!(Reason::TooManyNewTokens.code(), Code::Unavailable);
         assert_eq!(Reason::Internal.code(), Code::Internal);
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use serde::Serialize;
+use once_cell::sync::Lazy;
 
 use crate::decision::Reason;
 
@@ -58,6 +58,10 @@ pub struct Metrics {
     pub auth2_requests: Counter,
     pub auth2_failures: Counter,
     pub fail_fast: Counter,
+    /// Background re-validations started by refresh ahead.
+    pub refreshes: Counter,
+    /// Calls allowed on a stale verdict while Auth2 could not answer (stale if error).
+    pub stale_allows: Counter,
     auth2_latency_us_sum: AtomicU64,
     auth2_latency_us_max: AtomicU64,
 }
@@ -101,12 +105,14 @@ impl Metrics {
             auth2_fail_fast: self.fail_fast.get(),
             auth2_latency_us_sum: self.auth2_latency_us_sum.load(Relaxed),
             auth2_latency_us_max: self.auth2_latency_us_max.load(Relaxed),
+            refreshes: self.refreshes.get(),
+            stale_allows: self.stale_allows.get(),
         }
     }
 }
 
-/// A point-in-time copy of the counters; serialises to the JSON the JVM side exposes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A point-in-time copy of the counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsSnapshot {
     pub allowed: u64,
     /// Denials by reason name, in the order of [`Reason::ALL`].
@@ -116,32 +122,57 @@ pub struct MetricsSnapshot {
     pub auth2_requests: u64,
     /// Auth2 exchanges that ended without an answer (transport, timeout, 5xx, bad body).
     pub auth2_failures: u64,
-    /// Misses answered UNAVAILABLE without asking Auth2 (cool-down or too many in flight).
+    /// Lookups refused without asking Auth2 (breaker open, too many in flight); the new-token
+    /// budget's refusals are counted as denials (`too_many_new_tokens`) instead.
     pub auth2_fail_fast: u64,
     pub auth2_latency_us_sum: u64,
     pub auth2_latency_us_max: u64,
+    pub refreshes: u64,
+    pub stale_allows: u64,
 }
+
+/// The names of [`MetricsSnapshot::values`], in order: the gauge names of the metrics source.
+pub static METRIC_NAMES: Lazy<Vec<String>> = Lazy::new(|| {
+    let mut names = vec!["allowed".to_owned()];
+    names.extend(Reason::ALL.iter().map(|r| format!("denied.{}", r.name())));
+    names.extend(
+        [
+            "cacheHits",
+            "cacheMisses",
+            "auth2Requests",
+            "auth2Failures",
+            "auth2FailFast",
+            "auth2LatencyMicrosSum",
+            "auth2LatencyMicrosMax",
+            "refreshes",
+            "staleAllows",
+        ]
+        .map(str::to_owned),
+    );
+    names
+});
 
 impl MetricsSnapshot {
     pub fn denied_for(&self, reason: Reason) -> u64 {
         self.denied.iter().find(|(n, _)| *n == reason.name()).map_or(0, |(_, v)| *v)
     }
 
-    pub fn to_json(&self) -> String {
-        let denied: serde_json::Map<String, serde_json::Value> =
-            self.denied.iter().map(|(k, v)| ((*k).to_owned(), (*v).into())).collect();
-        serde_json::json!({
-            "allowed": self.allowed,
-            "denied": denied,
-            "cacheHits": self.cache_hits,
-            "cacheMisses": self.cache_misses,
-            "auth2Requests": self.auth2_requests,
-            "auth2Failures": self.auth2_failures,
-            "auth2FailFast": self.auth2_fail_fast,
-            "auth2LatencyMicrosSum": self.auth2_latency_us_sum,
-            "auth2LatencyMicrosMax": self.auth2_latency_us_max,
-        })
-        .to_string()
+    /// Every counter, in the order of [`METRIC_NAMES`].
+    pub fn values(&self) -> Vec<u64> {
+        let mut v = vec![self.allowed];
+        v.extend(self.denied.iter().map(|(_, n)| *n));
+        v.extend([
+            self.cache_hits,
+            self.cache_misses,
+            self.auth2_requests,
+            self.auth2_failures,
+            self.auth2_fail_fast,
+            self.auth2_latency_us_sum,
+            self.auth2_latency_us_max,
+            self.refreshes,
+            self.stale_allows,
+        ]);
+        v
     }
 }
 
@@ -161,18 +192,24 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_json() {
+    fn snapshot_values_match_their_names() {
         let m = Metrics::default();
         m.decided(None, true);
         m.decided(Some(Reason::Expired), true);
         m.decided(Some(Reason::Expired), false);
+        m.decided(Some(Reason::TooManyNewTokens), false);
         m.auth2_latency(Duration::from_micros(1500));
+        m.stale_allows.inc();
         let s = m.snapshot();
         assert_eq!(s.denied_for(Reason::Expired), 2);
         assert_eq!((s.allowed, s.cache_hits), (1, 2));
-        let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
-        assert_eq!(v["allowed"], 1);
-        assert_eq!(v["denied"]["expired_token"], 2);
-        assert_eq!(v["auth2LatencyMicrosMax"], 1500);
+        let named: std::collections::HashMap<_, _> = METRIC_NAMES.iter().map(String::as_str).zip(s.values()).collect();
+        assert_eq!(named.len(), METRIC_NAMES.len());
+        assert_eq!(named["allowed"], 1);
+        assert_eq!(named["denied.expired_token"], 2);
+        assert_eq!(named["denied.too_many_new_tokens"], 1);
+        assert_eq!(named["auth2LatencyMicrosMax"], 1500);
+        assert_eq!(named["staleAllows"], 1);
+        assert_eq!(named["refreshes"], 0);
     }
 }

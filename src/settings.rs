@@ -30,9 +30,18 @@ pub const KEY_TRUSTED_ADDRESSES: &str = "spark.kbase.auth.trustedAddresses";
 pub const KEY_FAIL_FAST_THRESHOLD: &str = "spark.kbase.auth.failFast.threshold";
 pub const KEY_FAIL_FAST_COOLDOWN: &str = "spark.kbase.auth.failFast.cooldown";
 pub const KEY_MAX_CONCURRENT: &str = "spark.kbase.auth.maxConcurrentRequests";
+pub const KEY_REFRESH_AHEAD: &str = "spark.kbase.auth.cache.refreshAhead";
+pub const KEY_STALE_IF_ERROR: &str = "spark.kbase.auth.cache.staleIfError";
+pub const KEY_NEW_TOKENS_PER_SECOND: &str = "spark.kbase.auth.newTokens.perSecond";
+pub const KEY_NEW_TOKENS_BURST: &str = "spark.kbase.auth.newTokens.burst";
 
 pub const ENV_URL: &str = "KBASE_AUTH_URL";
 pub const ENV_USER: &str = "USER";
+
+/// Not ours, read only for a start-up warning: Spark's list of interceptors.
+pub const KEY_INTERCEPTORS: &str = "spark.connect.grpc.interceptor.classes";
+/// Not ours, read only for a start-up warning: the JVM's account (`user.name`).
+pub const KEY_JVM_USER: &str = "user.name";
 
 /// Every key the plugin understands; anything else under [`PREFIX`] is a typo and stops start-up.
 const KNOWN_KEYS: &[&str] = &[
@@ -52,6 +61,10 @@ const KNOWN_KEYS: &[&str] = &[
     KEY_FAIL_FAST_THRESHOLD,
     KEY_FAIL_FAST_COOLDOWN,
     KEY_MAX_CONCURRENT,
+    KEY_REFRESH_AHEAD,
+    KEY_STALE_IF_ERROR,
+    KEY_NEW_TOKENS_PER_SECOND,
+    KEY_NEW_TOKENS_BURST,
 ];
 
 pub const DEFAULT_URL: &str = "https://kbase.us/services/auth/";
@@ -79,7 +92,11 @@ fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
 pub struct Settings {
     /// Auth2 root, always ending in `/`.
     pub auth_url: String,
+    /// Where `auth_url` came from: [`KEY_URL`], [`ENV_URL`], or [`KEY_URL`] for the default.
+    pub auth_url_source: &'static str,
     pub owner: Option<String>,
+    /// Where `owner` came from: [`KEY_OWNER`] or [`ENV_USER`].
+    pub owner_source: &'static str,
     pub allowed_users: BTreeSet<String>,
     pub require_mfa: bool,
     pub mfa_exempt_users: BTreeSet<String>,
@@ -95,6 +112,24 @@ pub struct Settings {
     pub fail_fast_threshold: u32,
     pub fail_fast_cooldown: Duration,
     pub max_concurrent_requests: u32,
+    /// How long before its end a used valid entry is re-validated in the background (capped at
+    /// half its life); zero: never.
+    pub refresh_ahead: Duration,
+    /// How long past its end a valid verdict may still answer while Auth2 cannot; zero: never.
+    pub stale_if_error: Duration,
+    pub new_tokens_per_second: u32,
+    pub new_tokens_burst: u32,
+    /// What else the JVM told us, for start-up warnings only.
+    pub context: StartupContext,
+}
+
+/// Facts about the process the plugin runs in, handed over with the settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartupContext {
+    /// Spark's `spark.connect.grpc.interceptor.classes`, in order.
+    pub interceptors: Vec<String>,
+    /// The JVM's `user.name`.
+    pub jvm_user: Option<String>,
 }
 
 impl Settings {
@@ -107,17 +142,17 @@ impl Settings {
         }
         let get = |key: &str| map.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
 
-        let (url_key, url) = match (get(KEY_URL), get(ENV_URL)) {
+        let (auth_url_source, url) = match (get(KEY_URL), get(ENV_URL)) {
             (Some(v), _) => (KEY_URL, v),
             (None, Some(v)) => (ENV_URL, v),
             (None, None) => (KEY_URL, DEFAULT_URL),
         };
-        let auth_url = parse_root_url(url_key, url)?;
+        let auth_url = parse_root_url(auth_url_source, url)?;
 
-        let owner = match (get(KEY_OWNER), get(ENV_USER)) {
-            (Some(v), _) => Some(parse_user(KEY_OWNER, v)?),
-            (None, Some(v)) => Some(parse_user(ENV_USER, v)?),
-            (None, None) => None,
+        let (owner_source, owner) = match (get(KEY_OWNER), get(ENV_USER)) {
+            (Some(v), _) => (KEY_OWNER, Some(parse_user(KEY_OWNER, v)?)),
+            (None, Some(v)) => (ENV_USER, Some(parse_user(ENV_USER, v)?)),
+            (None, None) => (KEY_OWNER, None),
         };
         let allowed_users = parse_users(KEY_ALLOWED_USERS, get(KEY_ALLOWED_USERS))?;
         if owner.is_none() && allowed_users.is_empty() {
@@ -126,7 +161,9 @@ impl Settings {
 
         let settings = Settings {
             auth_url,
+            auth_url_source,
             owner,
+            owner_source,
             allowed_users,
             require_mfa: parse_bool(KEY_REQUIRE_MFA, get(KEY_REQUIRE_MFA), false)?,
             mfa_exempt_users: parse_users(KEY_MFA_EXEMPT, get(KEY_MFA_EXEMPT))?,
@@ -155,30 +192,43 @@ impl Settings {
                 Duration::from_secs(2),
             )?,
             max_concurrent_requests: parse_int(KEY_MAX_CONCURRENT, get(KEY_MAX_CONCURRENT), 32, 1)? as u32,
+            refresh_ahead: parse_duration(KEY_REFRESH_AHEAD, get(KEY_REFRESH_AHEAD), Duration::from_secs(30))?,
+            stale_if_error: parse_duration(KEY_STALE_IF_ERROR, get(KEY_STALE_IF_ERROR), Duration::ZERO)?,
+            new_tokens_per_second: parse_int(KEY_NEW_TOKENS_PER_SECOND, get(KEY_NEW_TOKENS_PER_SECOND), 10, 1)? as u32,
+            new_tokens_burst: parse_int(KEY_NEW_TOKENS_BURST, get(KEY_NEW_TOKENS_BURST), 20, 1)? as u32,
+            context: StartupContext {
+                interceptors: split_list(get(KEY_INTERCEPTORS)),
+                jvm_user: get(KEY_JVM_USER).map(str::to_owned),
+            },
         };
         Ok(settings)
     }
 
-    /// The one start-up line: every effective setting, nothing secret (there is none in them).
-    pub fn describe(&self) -> String {
-        format!("{self:?}")
+    /// How long an ended valid entry is remembered: long enough for stale-if-error, and at
+    /// least a cache window, so that an owner whose entry just ended is still known valid.
+    pub fn retain_valid(&self) -> Duration {
+        self.stale_if_error.max(self.cache_max_ttl)
     }
 }
 
+/// Every effective setting on one line (`url=… owner=… …`); nothing in them is secret.
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |s: &BTreeSet<String>| {
-            if s.is_empty() {
+        fn list<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+            let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+            if v.is_empty() {
                 "-".to_owned()
             } else {
-                s.iter().cloned().collect::<Vec<_>>().join(",")
+                v.join(",")
             }
-        };
+        }
         write!(
             f,
-            "KBase auth: url={} owner={} allowedUsers={} requireMfa={} mfaExemptUsers={} requiredRoles={} \
-             cache.maxEntries={} cache.maxTtl={:?} cache.invalidTtl={:?} connectTimeout={:?} requestTimeout={:?} \
-             caBundle={} trustedAddresses={} failFast.threshold={} failFast.cooldown={:?} maxConcurrentRequests={}",
+            "url={} owner={} allowedUsers={} requireMfa={} mfaExemptUsers={} requiredRoles={} \
+             cache.maxEntries={} cache.maxTtl={:?} cache.invalidTtl={:?} cache.refreshAhead={:?} \
+             cache.staleIfError={:?} connectTimeout={:?} requestTimeout={:?} caBundle={} trustedAddresses={} \
+             failFast.threshold={} failFast.cooldown={:?} maxConcurrentRequests={} newTokens.perSecond={} \
+             newTokens.burst={}",
             self.auth_url,
             self.owner.as_deref().unwrap_or("-"),
             list(&self.allowed_users),
@@ -188,17 +238,17 @@ impl fmt::Debug for Settings {
             self.cache_max_entries,
             self.cache_max_ttl,
             self.cache_invalid_ttl,
+            self.refresh_ahead,
+            self.stale_if_error,
             self.connect_timeout,
             self.request_timeout,
             self.ca_bundle.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()),
-            if self.trusted_addresses.is_empty() {
-                "-".to_owned()
-            } else {
-                self.trusted_addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
-            },
+            list(&self.trusted_addresses),
             self.fail_fast_threshold,
             self.fail_fast_cooldown,
             self.max_concurrent_requests,
+            self.new_tokens_per_second,
+            self.new_tokens_burst,
         )
     }
 }
@@ -231,8 +281,13 @@ fn parse_user(key: &str, raw: &str) -> Result<String, ConfigError> {
     Ok(raw.to_owned())
 }
 
-fn parse_list(raw: Option<&str>) -> BTreeSet<String> {
+/// A comma-separated list, in order, blanks dropped.
+fn split_list(raw: Option<&str>) -> Vec<String> {
     raw.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn parse_list(raw: Option<&str>) -> BTreeSet<String> {
+    split_list(raw).into_iter().collect()
 }
 
 fn parse_users(key: &str, raw: Option<&str>) -> Result<BTreeSet<String>, ConfigError> {
@@ -430,7 +485,7 @@ mod tests {
         assert!(s.mfa_exempt_users.contains("svc"));
         assert_eq!(s.required_roles.len(), 2);
         assert_eq!(s.trusted_addresses.len(), 2);
-        let line = s.describe();
+        let line = format!("{s:?}");
         assert!(
             line.contains("owner=alice") && line.contains("requireMfa=true") && line.contains("127.0.0.1"),
             "{line}"

@@ -86,21 +86,25 @@ pub enum TokenError {
     TooLong,
     #[error("the token contains spaces or control characters")]
     BadCharacters,
-    #[error("'authorization' and 'x-kbase-token' carry different tokens; send only one")]
+    #[error("the call carries different tokens ('authorization' and 'x-kbase-token', or one of them repeated); send only one")]
     Ambiguous,
 }
 
-/// Picks the token from the `authorization` (`Bearer <t>`, scheme case-insensitive) and
-/// `x-kbase-token` metadata values. Both present and different is ambiguous and refused.
-pub fn extract<'a>(authorization: Option<&'a str>, kbase_token: Option<&'a str>) -> Result<Token<'a>, TokenError> {
-    let from_bearer = authorization.map(parse_bearer).transpose()?;
-    let from_header = kbase_token.map(validate).transpose()?;
-    match (from_bearer, from_header) {
-        (None, None) => Err(TokenError::Missing),
-        (Some(t), None) | (None, Some(t)) => Ok(t),
-        (Some(a), Some(b)) if a == b => Ok(a),
-        (Some(_), Some(_)) => Err(TokenError::Ambiguous),
+/// Picks the token from every value of the `authorization` (`Bearer <t>`, scheme
+/// case-insensitive) and `x-kbase-token` metadata keys (gRPC metadata may repeat a key). Any
+/// malformed value poisons the call; values naming different tokens are ambiguous and refused,
+/// whatever their order; identical repeats are fine.
+pub fn extract<'a>(authorization: &[&'a str], kbase_token: &[&'a str]) -> Result<Token<'a>, TokenError> {
+    let mut found: Option<Token<'a>> = None;
+    let bearers = authorization.iter().map(|v| parse_bearer(v));
+    for t in bearers.chain(kbase_token.iter().map(|v| validate(v))) {
+        let t = t?;
+        match found {
+            Some(f) if f != t => return Err(TokenError::Ambiguous),
+            _ => found = Some(t),
+        }
     }
+    found.ok_or(TokenError::Missing)
 }
 
 fn parse_bearer(value: &str) -> Result<Token<'_>, TokenError> {
@@ -139,59 +143,70 @@ mod tests {
     #[test]
     fn bearer_any_case_and_trimmed() {
         for h in [format!("Bearer {T}"), format!("bearer {T}"), format!("BEARER   {T}  "), format!(" Bearer\t{T}")] {
-            assert_eq!(extract(Some(&h), None).unwrap().expose(), T, "{h:?}");
+            assert_eq!(extract(&[&h], &[]).unwrap().expose(), T, "{h:?}");
         }
     }
 
     #[test]
     fn kbase_header_trimmed() {
-        assert_eq!(extract(None, Some(&format!("  {T}\t"))).unwrap().expose(), T);
+        assert_eq!(extract(&[], &[&format!("  {T}\t")]).unwrap().expose(), T);
     }
 
     #[test]
     fn both_headers() {
         let bearer = format!("Bearer {T}");
-        assert_eq!(extract(Some(&bearer), Some(T)).unwrap().expose(), T);
-        assert_eq!(extract(Some(&bearer), Some("other")), Err(TokenError::Ambiguous));
+        assert_eq!(extract(&[&bearer], &[T]).unwrap().expose(), T);
+        assert_eq!(extract(&[&bearer], &["other"]), Err(TokenError::Ambiguous));
+    }
+
+    #[test]
+    fn repeated_values_must_agree_in_any_order() {
+        let (owner, bob) = (format!("Bearer {T}"), "Bearer BOBSTOKEN".to_owned());
+        assert_eq!(extract(&[&owner, &bob], &[]), Err(TokenError::Ambiguous));
+        assert_eq!(extract(&[&bob, &owner], &[]), Err(TokenError::Ambiguous));
+        assert_eq!(extract(&[], &[T, "BOBSTOKEN"]), Err(TokenError::Ambiguous));
+        assert_eq!(extract(&[], &["BOBSTOKEN", T]), Err(TokenError::Ambiguous));
+        assert_eq!(extract(&[&owner, &owner], &[T, &format!(" {T} ")]).unwrap().expose(), T);
+        assert_eq!(extract(&[&owner, "Basic x"], &[]), Err(TokenError::NotBearer));
     }
 
     #[test]
     fn missing_and_malformed() {
-        assert_eq!(extract(None, None), Err(TokenError::Missing));
-        assert_eq!(extract(Some("Basic abc"), None), Err(TokenError::NotBearer));
-        assert_eq!(extract(Some(T), None), Err(TokenError::NotBearer));
-        assert_eq!(extract(Some("Bearer"), None), Err(TokenError::Empty));
-        assert_eq!(extract(Some("Bearer    "), None), Err(TokenError::Empty));
-        assert_eq!(extract(None, Some("   ")), Err(TokenError::Empty));
-        assert_eq!(extract(None, Some("a b")), Err(TokenError::BadCharacters));
-        assert_eq!(extract(None, Some("a\u{1}b")), Err(TokenError::BadCharacters));
-        assert_eq!(extract(None, Some("a\u{7f}b")), Err(TokenError::BadCharacters));
-        assert_eq!(extract(None, Some("a\u{a0}b")), Err(TokenError::BadCharacters));
+        assert_eq!(extract(&[], &[]), Err(TokenError::Missing));
+        assert_eq!(extract(&["Basic abc"], &[]), Err(TokenError::NotBearer));
+        assert_eq!(extract(&[T], &[]), Err(TokenError::NotBearer));
+        assert_eq!(extract(&["Bearer"], &[]), Err(TokenError::Empty));
+        assert_eq!(extract(&["Bearer    "], &[]), Err(TokenError::Empty));
+        assert_eq!(extract(&[], &["   "]), Err(TokenError::Empty));
+        assert_eq!(extract(&[], &["a b"]), Err(TokenError::BadCharacters));
+        assert_eq!(extract(&[], &["a\u{1}b"]), Err(TokenError::BadCharacters));
+        assert_eq!(extract(&[], &["a\u{7f}b"]), Err(TokenError::BadCharacters));
+        assert_eq!(extract(&[], &["a\u{a0}b"]), Err(TokenError::BadCharacters));
         // Found by tests/fuzz.rs: C1 control characters.
-        assert_eq!(extract(None, Some("\u{80}")), Err(TokenError::BadCharacters));
-        assert_eq!(extract(None, Some("a\u{9f}b")), Err(TokenError::BadCharacters));
-        assert!(extract(None, Some("tökén")).is_ok());
-        assert_eq!(extract(None, Some(&"x".repeat(4097))), Err(TokenError::TooLong));
-        assert!(extract(None, Some(&"x".repeat(4096))).is_ok());
+        assert_eq!(extract(&[], &["\u{80}"]), Err(TokenError::BadCharacters));
+        assert_eq!(extract(&[], &["a\u{9f}b"]), Err(TokenError::BadCharacters));
+        assert!(extract(&[], &["tökén"]).is_ok());
+        assert_eq!(extract(&[], &[&"x".repeat(4097)]), Err(TokenError::TooLong));
+        assert!(extract(&[], &[&"x".repeat(4096)]).is_ok());
         // A malformed header poisons the call even if the other one is fine.
-        assert_eq!(extract(Some("Basic x"), Some(T)), Err(TokenError::NotBearer));
+        assert_eq!(extract(&["Basic x"], &[T]), Err(TokenError::NotBearer));
     }
 
     #[test]
     fn never_printed() {
-        let t = extract(None, Some(T)).unwrap();
+        let t = extract(&[], &[T]).unwrap();
         for s in [format!("{t:?}"), format!("{:?}", t.key()), t.fingerprint().to_string()] {
             assert!(!s.contains(T) && !s.contains(&T[..8]), "{s}");
         }
         let fp = t.fingerprint().to_string();
         assert!(fp.starts_with("sha256:") && fp.len() == 15, "{fp}");
         // Known SHA-256 prefix, computed independently with `printf %s abc | sha256sum`.
-        assert_eq!(extract(None, Some("abc")).unwrap().fingerprint().to_string(), "sha256:ba7816bf");
+        assert_eq!(extract(&[], &["abc"]).unwrap().fingerprint().to_string(), "sha256:ba7816bf");
     }
 
     #[test]
     fn keys_tell_tokens_apart() {
-        let key = |s| extract(None, Some(s)).unwrap().key();
+        let key = |s| extract(&[], &[s]).unwrap().key();
         assert_eq!(key("abc"), key("abc"));
         assert_ne!(key("abc"), key("abd"));
         assert_ne!(key("abc"), key("abc2"));

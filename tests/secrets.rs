@@ -24,18 +24,20 @@ fn no_token_in_any_printable_output() {
     let auth = authenticator(&fake, &[("spark.kbase.auth.requiredRoles", "R")]);
     let unknown = new_token("unknown");
     let mut outputs = Vec::new();
-    let mut record = |token: &str, d: Decision| {
-        let mut texts = vec![format!("{d:?}")];
-        if let Decision::Deny(denial) = &d {
-            texts.extend([denial.message.clone(), denial.log_line(), denial.detail.clone(), format!("{denial:?}")]);
+    let mut record = |token: &str, o: Outcome| {
+        let mut texts = vec![format!("{o:?}")];
+        if let Err(denial) = &o {
+            texts.extend([denial.message.clone(), denial.detail.clone(), format!("{denial:?}")]);
+            texts.extend(denial.log_lines());
         }
         outputs.push((token.to_owned(), texts));
     };
     for t in [&owner, &bob, &expired, &unknown] {
         record(t, call(&auth, t));
-        record(t, auth.authorize(None, Some(t), None));
-        record(t, auth.authorize(Some(&bearer(t)), Some("different"), None));
-        record(t, auth.authorize(Some(&format!("Token {t}")), None, None));
+        record(t, call_kbase(&auth, t));
+        record(t, auth.authorize(&[&bearer(t)], &["different"], None));
+        record(t, auth.authorize(&[&bearer(t), &bearer("other")], &[], None));
+        record(t, auth.authorize(&[&format!("Token {t}")], &[], None));
     }
     for fault in [Fault::Status503, Fault::Html502, Fault::Malformed, Fault::NoUser, Fault::Refuse] {
         fake.set_fault_blocking(fault).unwrap();
@@ -43,8 +45,8 @@ fn no_token_in_any_printable_output() {
         record(&t, call(&auth, &t));
     }
     fake.set_fault_blocking(Fault::None).unwrap();
-    let metrics = auth.metrics().to_json();
-    let settings = format!("{:?} {}", auth.settings(), auth.describe());
+    let metrics = format!("{:?}", auth.metrics());
+    let settings = format!("{:?} {} {:?}", auth.settings(), auth.describe(), auth.warnings());
     for (token, texts) in &outputs {
         assert_clean(token, texts);
         assert_clean(token, &[metrics.clone(), settings.clone()]);

@@ -36,9 +36,9 @@ fn million_decisions_with_rotating_tokens_stay_flat() {
         // (a miss, an Auth2 request, and a negative cache entry).
         if i % 4 == 0 {
             let t = format!("ROT{i:029}");
-            assert_eq!(denied(auth.authorize(None, Some(&t), None)).reason, Reason::Invalid);
+            assert_eq!(denied(auth.authorize(&[], &[&t], None)).reason, Reason::Invalid);
         } else {
-            assert!(auth.authorize_status(Some(&bearer_owner), None, None).is_ok());
+            assert!(auth.authorize(&[&bearer_owner], &[], None).is_ok());
         }
         if i + 1 == CHECKPOINT {
             rss_at_checkpoint = rss_kib();

@@ -1,15 +1,11 @@
 package us.kbase.spark;
 
-import java.io.IOException;
-import java.io.UncheckedIOException;
-import java.util.Iterator;
-import java.util.Map;
+import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
 
+import com.codahale.metrics.CachedGauge;
 import com.codahale.metrics.Gauge;
 import com.codahale.metrics.MetricRegistry;
-import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
 
 import org.apache.spark.metrics.source.Source;
 
@@ -17,39 +13,29 @@ import org.apache.spark.metrics.source.Source;
  * The native counters as gauges in Spark's metrics system (source {@value #NAME}), so that every
  * sink Spark is configured with (JMX, the UI's {@code /metrics/json}, Prometheus, ...) reports them.
  *
- * <p>The gauge names are the fields of the native JSON snapshot ({@code allowed},
- * {@code denied.<reason>}, {@code cacheHits}, ...), discovered from the first snapshot, so this
- * class knows no counter by name.
+ * <p>The gauge names are the native side's ({@code allowed}, {@code denied.<reason>},
+ * {@code cacheHits}, ...; {@link NativeAuth#metricNames()}), so this class knows no counter by name.
+ * A scrape reads all gauges within a moment: they share one snapshot ({@code long[]}, one JNI call),
+ * taken at most every {@value #SNAPSHOT_MILLIS} ms.
  */
 final class KBaseAuthMetricsSource implements Source {
 
     static final String NAME = "kbaseAuth";
-    private static final ObjectMapper JSON = new ObjectMapper();
+    static final long SNAPSHOT_MILLIS = 500;
 
     private final MetricRegistry registry = new MetricRegistry();
 
-    KBaseAuthMetricsSource(Supplier<String> snapshot) {
-        register("", parse(snapshot.get()), snapshot);
-    }
-
-    private void register(String prefix, JsonNode node, Supplier<String> snapshot) {
-        Iterator<Map.Entry<String, JsonNode>> fields = node.fields();
-        while (fields.hasNext()) {
-            Map.Entry<String, JsonNode> field = fields.next();
-            String path = prefix + field.getKey();
-            if (field.getValue().isObject()) {
-                register(path + ".", field.getValue(), snapshot);
-            } else {
-                registry.register(path, (Gauge<Long>) () -> parse(snapshot.get()).at("/" + path.replace('.', '/')).asLong());
+    KBaseAuthMetricsSource(Supplier<long[]> snapshot) {
+        CachedGauge<long[]> latest = new CachedGauge<long[]>(SNAPSHOT_MILLIS, TimeUnit.MILLISECONDS) {
+            @Override
+            protected long[] loadValue() {
+                return snapshot.get();
             }
-        }
-    }
-
-    private static JsonNode parse(String json) {
-        try {
-            return JSON.readTree(json);
-        } catch (IOException e) {
-            throw new UncheckedIOException("unreadable KBase auth metrics snapshot", e);
+        };
+        String[] names = NativeAuth.metricNames();
+        for (int i = 0; i < names.length; i++) {
+            int index = i;
+            registry.register(names[i], (Gauge<Long>) () -> latest.getValue()[index]);
         }
     }
 

@@ -6,6 +6,7 @@ import java.net.InetSocketAddress;
 import java.net.SocketAddress;
 import java.util.ArrayList;
 import java.util.Collections;
+import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -38,6 +39,8 @@ import scala.Tuple2;
 public final class KBaseAuthServerInterceptor implements ServerInterceptor {
 
     static final String SETTINGS_PREFIX = "spark.kbase.auth.";
+    /** Spark's interceptor list: passed on so that the native side can warn about the order. */
+    static final String INTERCEPTORS_KEY = "spark.connect.grpc.interceptor.classes";
     /** The same words as the native side's INTERNAL denial. */
     static final String INTERNAL_ERROR_MESSAGE = "internal error in the KBase auth plugin; see the Spark server log";
 
@@ -68,7 +71,7 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         this(gatherSettings(sparkSettings(), System.getenv()));
         SparkEnv env = SparkEnv.get();
         if (env != null) {
-            env.metricsSystem().registerSource(new KBaseAuthMetricsSource(this::metrics));
+            env.metricsSystem().registerSource(new KBaseAuthMetricsSource(this::metricValues));
         }
     }
 
@@ -90,6 +93,9 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         this.handle = h;
         this.cleanable = CLEANER.register(this, release);
         LOG.info("{}", description);
+        for (String warning : NativeAuth.warnings(h)) {
+            LOG.warn("{}", warning);
+        }
     }
 
     /** The settings as the alternating key/value array {@link NativeAuth#create} takes. */
@@ -105,12 +111,14 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
 
     /**
      * The settings the public constructor passes on: the Spark (or system-property) entries under
-     * {@value #SETTINGS_PREFIX} followed by {@code KBASE_AUTH_URL} and {@code USER} from {@code env}.
+     * {@value #SETTINGS_PREFIX} and {@value #INTERCEPTORS_KEY}, {@code KBASE_AUTH_URL} and
+     * {@code USER} from {@code env}, and the JVM's {@code user.name}.
      */
     static Map<String, String> gatherSettings(Map<String, String> spark, Map<String, String> env) {
         Map<String, String> settings = new LinkedHashMap<>();
         for (Map.Entry<String, String> e : spark.entrySet()) {
-            if (e.getKey().startsWith(SETTINGS_PREFIX) && e.getValue() != null) {
+            boolean wanted = e.getKey().startsWith(SETTINGS_PREFIX) || e.getKey().equals(INTERCEPTORS_KEY);
+            if (wanted && e.getValue() != null) {
                 settings.put(e.getKey(), e.getValue());
             }
         }
@@ -119,6 +127,10 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
             if (value != null) {
                 settings.put(name, value);
             }
+        }
+        String account = System.getProperty("user.name");
+        if (account != null) {
+            settings.put("user.name", account);
         }
         return settings;
     }
@@ -153,13 +165,19 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
                 throw new IllegalStateException("interceptor used after close()");
             }
             String peer = wantsPeerAddress ? peerAddress(call) : null;
-            code = NativeAuth.authorize(handle, headers.get(AUTHORIZATION), headers.get(KBASE_TOKEN), peer);
+            Iterator<String> a = values(headers, AUTHORIZATION);
+            Iterator<String> k = values(headers, KBASE_TOKEN);
+            code = NativeAuth.authorize(handle, first(a), rest(a), first(k), rest(k), peer);
             Reference.reachabilityFence(this);
+            if (code == NativeAuth.ALLOW_WITH_WARNING) {
+                log(NativeAuth.lastLogLines(), true);
+                code = 0;
+            }
             if (code == 0) {
                 message = null;
             } else {
                 message = NativeAuth.denialMessage();
-                logDenial(code);
+                log(NativeAuth.lastLogLines(), code == NativeAuth.UNAVAILABLE || code == NativeAuth.INTERNAL);
                 if (code < 1 || code > 16) {
                     LOG.error("KBase auth native library returned unknown status code {}; denying with INTERNAL", code);
                     code = NativeAuth.INTERNAL;
@@ -181,14 +199,36 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         return noop;
     }
 
-    private static void logDenial(int code) {
-        boolean serverSide = code == NativeAuth.UNAVAILABLE || code == NativeAuth.INTERNAL;
-        if (serverSide ? LOG.isWarnEnabled() : LOG.isInfoEnabled()) {
-            String line = NativeAuth.denialLogLine();
-            if (serverSide) {
-                LOG.warn(line);
+    /** Every value of {@code key} (gRPC metadata may repeat it), or null when there is none. */
+    private static Iterator<String> values(Metadata headers, Metadata.Key<String> key) {
+        Iterable<String> all = headers.getAll(key);
+        return all == null ? null : all.iterator();
+    }
+
+    private static String first(Iterator<String> values) {
+        return values == null ? null : values.next();
+    }
+
+    /** The values after the first: null (nothing allocated) in the usual single-valued case. */
+    private static String[] rest(Iterator<String> values) {
+        if (values == null || !values.hasNext()) {
+            return null;
+        }
+        List<String> more = new ArrayList<>();
+        values.forEachRemaining(more::add);
+        return more.toArray(new String[0]);
+    }
+
+    /** Logs the native side's lines (null: rate-limited away) at WARN or INFO. */
+    private static void log(String[] lines, boolean warn) {
+        if (lines == null) {
+            return;
+        }
+        for (String line : lines) {
+            if (warn) {
+                LOG.warn("{}", line);
             } else {
-                LOG.info(line);
+                LOG.info("{}", line);
             }
         }
     }
@@ -202,16 +242,27 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         return null;
     }
 
-    /** The native counters as JSON. */
-    String metrics() {
+    /** One snapshot of the native counters, in the order of {@link NativeAuth#metricNames()}. */
+    long[] metricValues() {
         if (closed) {
             throw new IllegalStateException("interceptor used after close()");
         }
         try {
-            return NativeAuth.metrics(handle);
+            return NativeAuth.metricValues(handle);
         } finally {
             Reference.reachabilityFence(this);
         }
+    }
+
+    /** The counters by name, for tests and diagnostics. */
+    Map<String, Long> metrics() {
+        String[] names = NativeAuth.metricNames();
+        long[] values = metricValues();
+        Map<String, Long> out = new LinkedHashMap<>();
+        for (int i = 0; i < names.length; i++) {
+            out.put(names[i], values[i]);
+        }
+        return out;
     }
 
     /**

@@ -44,7 +44,9 @@ final class NativeAuth {
     static final String TMPDIR_PROPERTY = "kbase.spark.auth.tmpdir";
     static final String SUPPORTED_PLATFORMS = "linux-x86_64, linux-aarch64 (glibc >= 2.35)";
 
-    /** The gRPC status codes {@link #authorize} returns besides 0 (allow). */
+    /** What {@link #authorize} returns for an allowed call whose WARN line {@link #lastLogLines} holds. */
+    static final int ALLOW_WITH_WARNING = -1;
+    /** The gRPC status codes {@link #authorize} returns for a denial. */
     static final int UNAUTHENTICATED = 16;
     static final int PERMISSION_DENIED = 7;
     static final int UNAVAILABLE = 14;
@@ -59,8 +61,9 @@ final class NativeAuth {
 
     /**
      * Creates a native authenticator from alternating key/value pairs: Spark keys such as
-     * {@code spark.kbase.auth.url} and environment names such as {@code KBASE_AUTH_URL} and
-     * {@code USER}. The native side decides precedence and validates.
+     * {@code spark.kbase.auth.url}, environment names such as {@code KBASE_AUTH_URL} and
+     * {@code USER}, and, for start-up warnings only, {@code spark.connect.grpc.interceptor.classes}
+     * and {@code user.name}. The native side decides precedence and validates.
      *
      * @return a non-zero handle, to be released with {@link #destroy} exactly once
      * @throws IllegalArgumentException naming the bad key when the configuration is invalid
@@ -72,29 +75,44 @@ final class NativeAuth {
 
     /**
      * Decides one call. Never throws: a native error or panic comes back as {@link #INTERNAL}.
+     * gRPC metadata may repeat a key: the first value of each key comes as a string, any further
+     * values as an array (null, and nothing allocated, in the usual single-valued call).
      *
-     * @param authorization the {@code authorization} metadata value, or null
-     * @param kbaseToken    the {@code x-kbase-token} metadata value, or null
-     * @param peerAddress   the remote IP address, or null (only needed when
-     *                      {@link #wantsPeerAddress} is true)
-     * @return 0 to allow, otherwise the gRPC status code to close the call with
+     * @param authorization     the first {@code authorization} metadata value, or null
+     * @param moreAuthorization further {@code authorization} values, or null
+     * @param kbaseToken        the first {@code x-kbase-token} metadata value, or null
+     * @param moreKbaseTokens   further {@code x-kbase-token} values, or null
+     * @param peerAddress       the remote IP address, or null (only needed when
+     *                          {@link #wantsPeerAddress} is true)
+     * @return 0 to allow; {@link #ALLOW_WITH_WARNING} to allow and log {@link #lastLogLines} at
+     *         WARN; otherwise the gRPC status code to close the call with
      */
-    static native int authorize(long handle, String authorization, String kbaseToken, String peerAddress);
+    static native int authorize(long handle, String authorization, String[] moreAuthorization, String kbaseToken,
+            String[] moreKbaseTokens, String peerAddress);
 
-    /** After {@link #authorize} returned non-zero on this thread: the client-facing description (no token). */
+    /** After {@link #authorize} denied on this thread: the client-facing description (no token). */
     static native String denialMessage();
 
-    /** After {@link #authorize} returned non-zero on this thread: the server-log line (fingerprint, never the token). */
-    static native String denialLogLine();
+    /**
+     * After a non-zero {@link #authorize} on this thread: the server-log lines (fingerprints, never
+     * tokens), or null when the denial log's rate limit suppressed them.
+     */
+    static native String[] lastLogLines();
 
     /** True when the configuration trusts listed source addresses, so the caller must pass the peer address. */
     static native boolean wantsPeerAddress(long handle);
 
-    /** One line with the effective settings, without secrets. */
+    /** The start-up line: the plugin's version and its effective settings, without secrets. */
     static native String describe(long handle);
 
-    /** A JSON snapshot of the counters. */
-    static native String metrics(long handle);
+    /** Start-up warnings about risky configurations, one line each (possibly none). */
+    static native String[] warnings(long handle);
+
+    /** The names of the counters, in the order of {@link #metricValues}. */
+    static native String[] metricNames();
+
+    /** One snapshot of every counter. */
+    static native long[] metricValues(long handle);
 
     /** Test hook: panics inside the native wrapper and returns what the panic became ({@link #INTERNAL}). */
     static native int panicProbe();

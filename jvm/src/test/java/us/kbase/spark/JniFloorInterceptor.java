@@ -37,7 +37,7 @@ public final class JniFloorInterceptor implements ServerInterceptor, AutoCloseab
 
     /** The native counters of a real interceptor, for the benchmark's report. */
     public static String metricsOf(KBaseAuthServerInterceptor interceptor) {
-        return interceptor.metrics();
+        return interceptor.metrics().toString();
     }
 
     @Override

@@ -5,6 +5,7 @@ import static org.junit.Assert.assertTrue;
 
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.atomic.AtomicInteger;
 
 import com.codahale.metrics.Gauge;
 
@@ -42,9 +43,12 @@ public class KBaseAuthMetricsSourceTest {
         fake.addToken(token, "alice", 3_600_000L, "Used", List.of(), 300_000L);
         KBaseAuthServerInterceptor i = new KBaseAuthServerInterceptor(Map.of(
                 "spark.kbase.auth.url", fake.url, "spark.kbase.auth.owner", "alice"));
-        KBaseAuthMetricsSource source = new KBaseAuthMetricsSource(i::metrics);
+        AtomicInteger snapshots = new AtomicInteger();
+        KBaseAuthMetricsSource source = new KBaseAuthMetricsSource(() -> {
+            snapshots.incrementAndGet();
+            return i.metricValues();
+        });
         assertEquals("kbaseAuth", source.sourceName());
-        assertEquals(0, gauge(source, "allowed"));
 
         for (int n = 0; n < 3; n++) {
             assertTrue(KBaseAuthServerInterceptorTest.call(i, "Bearer " + token, null).allowed());
@@ -57,6 +61,14 @@ public class KBaseAuthMetricsSourceTest {
         assertEquals(1, gauge(source, "auth2Requests"));
         assertEquals(1, gauge(source, "denied.missing_token"));
         assertEquals(0, gauge(source, "denied.user_not_allowed"));
+        assertEquals(0, gauge(source, "staleAllows"));
+        assertEquals(0, gauge(source, "denied.too_many_new_tokens"));
+        assertEquals("one scrape, one native snapshot", 1, snapshots.get());
+        // A later scrape sees later counts.
+        KBaseAuthServerInterceptorTest.call(i, "Bearer " + token, null);
+        Thread.sleep(KBaseAuthMetricsSource.SNAPSHOT_MILLIS + 100);
+        assertEquals(4, gauge(source, "allowed"));
+        assertEquals(2, snapshots.get());
         i.close();
     }
 }

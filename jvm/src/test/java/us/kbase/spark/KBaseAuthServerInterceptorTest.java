@@ -26,8 +26,6 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
-import com.google.gson.JsonObject;
-import com.google.gson.JsonParser;
 import org.junit.After;
 import org.junit.AfterClass;
 import org.junit.BeforeClass;
@@ -240,14 +238,14 @@ public class KBaseAuthServerInterceptorTest {
             String nonAscii = "t\u00f6k\u00e9n\ud83d\ude00" + unregisteredToken();
             SECRETS.add(nonAscii);
             // The same non-ASCII token in both headers is one token, not an ambiguity...
-            assertEquals(16, NativeAuth.authorize(h, "Bearer " + nonAscii, nonAscii, null));
+            assertEquals(16, NativeAuth.authorize(h, "Bearer " + nonAscii, null, nonAscii, null, null));
             assertThat(NativeAuth.denialMessage(), containsString("invalid or revoked"));
             // ...and one character apart (U+00E9 vs U+00E8) is.
-            assertEquals(16, NativeAuth.authorize(h, "Bearer " + nonAscii, nonAscii.replace('\u00e9', '\u00e8'), null));
+            assertEquals(16, NativeAuth.authorize(h, "Bearer " + nonAscii, null, nonAscii.replace('\u00e9', '\u00e8'), null, null));
             assertThat(NativeAuth.denialMessage(), containsString("ambiguous"));
             // Non-ASCII white space and C1 controls are seen as such.
             for (String bad : new String[] {"abc\u00a0def", "abc\u0085def", "a\u0000b"}) {
-                assertEquals(16, NativeAuth.authorize(h, null, bad, null));
+                assertEquals(16, NativeAuth.authorize(h, null, null, bad, null, null));
                 assertThat(NativeAuth.denialMessage(), containsString("spaces or control characters"));
             }
             // Long values: one past the limit is refused; a 2000-character token goes to Auth2.
@@ -255,10 +253,10 @@ public class KBaseAuthServerInterceptorTest {
             for (int i = 0; i < 4097; i++) {
                 x.append('x');
             }
-            assertEquals(16, NativeAuth.authorize(h, "Bearer " + x, null, null));
+            assertEquals(16, NativeAuth.authorize(h, "Bearer " + x, null, null, null, null));
             assertThat(NativeAuth.denialMessage(), containsString("longer than 4096 bytes"));
             long before = fake.totalRequests();
-            assertEquals(16, NativeAuth.authorize(h, null, x.substring(0, 2000), null));
+            assertEquals(16, NativeAuth.authorize(h, null, null, x.substring(0, 2000), null, null));
             assertThat(NativeAuth.denialMessage(), containsString("invalid or revoked"));
             assertEquals(before + 1, fake.totalRequests());
         } finally {
@@ -400,7 +398,7 @@ public class KBaseAuthServerInterceptorTest {
             assertThat(text, containsString("owner=alice"));
             assertNoSecret("log", text);
             assertNoSecret("toString", i.toString());
-            assertNoSecret("metrics", i.metrics());
+            assertNoSecret("metrics", i.metrics().toString());
         }
     }
 
@@ -484,19 +482,22 @@ public class KBaseAuthServerInterceptorTest {
     }
 
     @Test
-    public void gatherSettingsTakesPrefixedEntriesAndTwoEnvironmentVariables() {
+    public void gatherSettingsTakesPrefixedEntriesTwoEnvironmentVariablesAndTheWarningInputs() {
         Map<String, String> spark = new LinkedHashMap<>();
         spark.put("spark.kbase.auth.url", "https://x/");
         spark.put("spark.master", "local");
         spark.put("spark.kbase.authx", "no");
+        spark.put("spark.connect.grpc.interceptor.classes", "a.B,c.D");
         Map<String, String> env = new HashMap<>();
         env.put("USER", "alice");
         env.put("KBASE_AUTH_URL", "https://y/");
         env.put("HOME", "/root");
         Map<String, String> expected = new LinkedHashMap<>();
         expected.put("spark.kbase.auth.url", "https://x/");
+        expected.put("spark.connect.grpc.interceptor.classes", "a.B,c.D");
         expected.put("KBASE_AUTH_URL", "https://y/");
         expected.put("USER", "alice");
+        expected.put("user.name", System.getProperty("user.name"));
         assertEquals(expected, KBaseAuthServerInterceptor.gatherSettings(spark, env));
     }
 
@@ -594,8 +595,8 @@ public class KBaseAuthServerInterceptorTest {
         }
         assertEquals((long) threads * calls, handler.reached());
         assertEquals("concurrent first calls share one Auth2 request", 1, fake.requestsFor(t));
-        JsonObject metrics = JsonParser.parseString(i.metrics()).getAsJsonObject();
-        assertEquals(metrics.toString(), (long) threads * calls, metrics.get("allowed").getAsLong());
-        assertEquals(metrics.toString(), 1, metrics.get("auth2Requests").getAsLong());
+        Map<String, Long> metrics = i.metrics();
+        assertEquals(metrics.toString(), (long) threads * calls, (long) metrics.get("allowed"));
+        assertEquals(metrics.toString(), 1, (long) metrics.get("auth2Requests"));
     }
 }

@@ -80,14 +80,25 @@ public final class SmokeMain {
         trusting.interceptCall(malformed, bad, handler);
         check(malformed.status() != null && malformed.status().getCode() == Status.Code.UNAUTHENTICATED,
                 "a malformed token must be UNAUTHENTICATED");
-        check(!NativeAuth.denialLogLine().isEmpty(), "a denial has a log line");
+        String[] lines = NativeAuth.lastLogLines();
+        check(lines != null && lines.length == 1 && !lines[0].isEmpty(), "a denial has a log line");
+        Metadata repeated = new Metadata();
+        Metadata.Key<String> authorization = Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
+        repeated.put(authorization, "Bearer first");
+        repeated.put(authorization, "Bearer second");
+        RecordingServerCall ambiguous = new RecordingServerCall();
+        trusting.interceptCall(ambiguous, repeated, handler);
+        check(ambiguous.status() != null && ambiguous.status().getCode() == Status.Code.UNAUTHENTICATED,
+                "different repeated authorization values must be UNAUTHENTICATED");
+        check(NativeAuth.metricNames().length == trusting.metricValues().length, "one value per counter name");
         try {
             NativeAuth.describe(0);
             check(false, "a null handle must be refused");
         } catch (IllegalStateException expected) {
             System.out.println("null handle refused: " + expected.getMessage());
         }
-        check(NativeAuth.authorize(0, null, null, null) == NativeAuth.INTERNAL, "a null handle must deny INTERNAL");
+        check(NativeAuth.authorize(0, null, null, null, null, null) == NativeAuth.INTERNAL,
+                "a null handle must deny INTERNAL");
         trusting.close();
     }
 

@@ -1,0 +1,314 @@
+//! Who may start an Auth2 exchange, and when: the three gates in front of the network.
+//!
+//! * [`NewTokenBudget`]: a token bucket for tokens the cache has never seen valid. A flood of
+//!   made-up tokens costs Auth2 at most `perSecond` lookups a second (after a `burst`).
+//! * [`InFlightLimit`]: at most `maxConcurrentRequests` exchanges at once, part of them held
+//!   back for tokens known valid, so that the owner's re-validation always finds a slot.
+//! * [`Breaker`]: after `failFast.threshold` failures of the *service* (connect errors,
+//!   timeouts, 5xx) every lookup fails fast for `failFast.cooldown`; then exactly one trial
+//!   exchange is let through, and only a real answer from Auth2 closes it again.
+//!
+//! Joining an exchange already in flight for the same token costs nothing and passes no gate.
+//! Times are monotonic milliseconds from the caller (see [`crate::clock`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why an exchange was not started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The new-token budget is spent (no Auth2 contact).
+    BudgetSpent,
+    /// The breaker is open after repeated service failures.
+    CoolingDown(Duration),
+    /// The breaker's one trial exchange after the cool-down is already in flight.
+    TrialInFlight,
+    /// Every slot this class of lookup may use is taken.
+    TooManyInFlight(u32),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::BudgetSpent => f.write_str("the new-token budget is spent; Auth2 was not asked"),
+            Refusal::CoolingDown(left) => {
+                write!(f, "Auth2 failed repeatedly; not asking it again for another {} ms", left.as_millis())
+            }
+            Refusal::TrialInFlight => f.write_str("Auth2 failed repeatedly; a trial request is in flight"),
+            Refusal::TooManyInFlight(n) => write!(f, "{n} Auth2 requests already in flight"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Token bucket: `per_second` refill, `burst` capacity, starting full.
+pub struct NewTokenBudget {
+    per_second: u32,
+    burst: u32,
+    state: Mutex<Bucket>,
+}
+
+struct Bucket {
+    /// Tokens available, in thousandths (refill in whole milliseconds stays exact).
+    milli_tokens: u64,
+    last_ms: u64,
+}
+
+impl NewTokenBudget {
+    pub fn new(per_second: u32, burst: u32, now_ms: u64) -> NewTokenBudget {
+        NewTokenBudget {
+            per_second,
+            burst,
+            state: Mutex::new(Bucket { milli_tokens: u64::from(burst) * 1000, last_ms: now_ms }),
+        }
+    }
+
+    /// Takes one lookup from the budget if there is one.
+    pub fn try_take(&self, now_ms: u64) -> bool {
+        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = now_ms.saturating_sub(b.last_ms);
+        b.last_ms = b.last_ms.max(now_ms);
+        let cap = u64::from(self.burst) * 1000;
+        b.milli_tokens = cap.min(b.milli_tokens.saturating_add(elapsed.saturating_mul(u64::from(self.per_second))));
+        if b.milli_tokens >= 1000 {
+            b.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// What a lookup is for; decides which gates apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A token with no recent valid answer: pays from the budget, uses the unreserved slots.
+    NewToken,
+    /// Re-validation of a token Auth2 recently called valid (refresh ahead, or the first call
+    /// after its entry ended): no budget, may use every slot.
+    KnownValid,
+}
+
+/// Caps concurrent exchanges; `reserved` of the `max` slots are for [`Purpose::KnownValid`].
+pub struct InFlightLimit {
+    in_flight: AtomicU32,
+    max: u32,
+    reserved: u32,
+}
+
+/// Holds one slot; released on drop, so every exit path gives it back (it travels with the
+/// exchange into the I/O runtime, hence the `Arc`).
+pub struct Slot(Arc<InFlightLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl InFlightLimit {
+    /// Reserves a quarter of the slots (at least one, as long as one is left for new tokens).
+    pub fn new(max: u32) -> InFlightLimit {
+        let reserved = if max >= 2 { (max / 4).max(1) } else { 0 };
+        InFlightLimit { in_flight: AtomicU32::new(0), max, reserved }
+    }
+
+    pub fn reserved(&self) -> u32 {
+        self.reserved
+    }
+
+    pub fn try_acquire(self: &Arc<Self>, purpose: Purpose) -> Result<Slot, Refusal> {
+        let limit = match purpose {
+            Purpose::NewToken => self.max - self.reserved,
+            Purpose::KnownValid => self.max,
+        };
+        self.in_flight
+            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
+            .map(|_| Slot(Arc::clone(self)))
+            .map_err(|_| Refusal::TooManyInFlight(limit))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// How an exchange ended, as far as the breaker cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceOutcome {
+    /// Auth2 answered a lookup with a valid token's identity: the service works.
+    Healthy,
+    /// Auth2 could not be reached, timed out or failed (5xx).
+    Failed,
+    /// Anything else (an invalid token, one token's odd answer): says nothing about the
+    /// service's health either way. A flood of made-up tokens cannot hold the breaker closed.
+    Neutral,
+}
+
+/// Permission for one exchange; report how it went with [`Breaker::record`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pass {
+    Closed,
+    /// The one exchange let through after a cool-down.
+    Trial,
+}
+
+pub struct Breaker {
+    threshold: u32,
+    cooldown_ms: u64,
+    failures: AtomicU32,
+    /// Monotonic ms until which lookups fail fast; 0 while closed. Past it: half-open.
+    open_until_ms: AtomicU64,
+    trial_in_flight: AtomicBool,
+}
+
+impl Breaker {
+    /// `threshold` 0 never opens.
+    pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
+        Breaker {
+            threshold,
+            cooldown_ms: cooldown.as_millis() as u64,
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            trial_in_flight: AtomicBool::new(false),
+        }
+    }
+
+    pub fn admit(&self, now_ms: u64) -> Result<Pass, Refusal> {
+        let until = self.open_until_ms.load(Relaxed);
+        if until == 0 {
+            return Ok(Pass::Closed);
+        }
+        if now_ms < until {
+            return Err(Refusal::CoolingDown(Duration::from_millis(until - now_ms)));
+        }
+        match self.trial_in_flight.compare_exchange(false, true, Relaxed, Relaxed) {
+            Ok(_) => Ok(Pass::Trial),
+            Err(_) => Err(Refusal::TrialInFlight),
+        }
+    }
+
+    pub fn record(&self, pass: Pass, outcome: ServiceOutcome, now_ms: u64) {
+        match outcome {
+            ServiceOutcome::Healthy => {
+                self.failures.store(0, Relaxed);
+                self.open_until_ms.store(0, Relaxed);
+            }
+            ServiceOutcome::Failed if pass == Pass::Trial => self.open(now_ms),
+            ServiceOutcome::Failed => {
+                let n = self.failures.fetch_add(1, Relaxed) + 1;
+                if self.threshold > 0 && n >= self.threshold {
+                    self.open(now_ms);
+                }
+            }
+            ServiceOutcome::Neutral => {}
+        }
+        if pass == Pass::Trial {
+            self.trial_in_flight.store(false, Relaxed);
+        }
+    }
+
+    fn open(&self, now_ms: u64) {
+        self.failures.store(0, Relaxed);
+        // max(1): 0 means closed.
+        self.open_until_ms.store((now_ms + self.cooldown_ms).max(1), Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_bursts_then_refills_at_its_rate() {
+        let b = NewTokenBudget::new(10, 20, 1_000);
+        assert_eq!((0..30).filter(|_| b.try_take(1_000)).count(), 20, "the burst");
+        assert!(!b.try_take(1_099), "99 ms refill less than one token");
+        assert!(b.try_take(1_100), "100 ms at 10/s is one token");
+        assert!(!b.try_take(1_100));
+        // A long pause refills to the burst, not beyond.
+        assert_eq!((0..30).filter(|_| b.try_take(100_000)).count(), 20);
+        // Over a simulated minute, at most burst + rate × time.
+        let mut taken = 0;
+        for ms in (100_000..160_000).step_by(7) {
+            taken += usize::from(b.try_take(ms));
+        }
+        assert!((599..=601).contains(&taken), "{taken}");
+        // A clock that goes backwards (another thread read it earlier) neither panics nor refills.
+        assert!(!b.try_take(50));
+    }
+
+    #[test]
+    fn in_flight_keeps_a_reserve_for_known_valid_tokens() {
+        let l = Arc::new(InFlightLimit::new(8));
+        assert_eq!(l.reserved(), 2);
+        let new: Vec<_> = (0..6).map(|_| l.try_acquire(Purpose::NewToken).unwrap()).collect();
+        assert_eq!(l.try_acquire(Purpose::NewToken).err(), Some(Refusal::TooManyInFlight(6)));
+        let k1 = l.try_acquire(Purpose::KnownValid).unwrap();
+        let _k2 = l.try_acquire(Purpose::KnownValid).unwrap();
+        assert_eq!(l.try_acquire(Purpose::KnownValid).err(), Some(Refusal::TooManyInFlight(8)));
+        drop(k1);
+        assert!(l.try_acquire(Purpose::NewToken).is_err(), "a freed reserved slot is still not for new tokens");
+        drop(new);
+        assert!(l.try_acquire(Purpose::NewToken).is_ok());
+        // Tiny limits: new tokens always keep at least one slot.
+        assert_eq!(InFlightLimit::new(1).reserved(), 0);
+        assert_eq!(InFlightLimit::new(2).reserved(), 1);
+        assert_eq!(InFlightLimit::new(32).reserved(), 8);
+    }
+
+    #[test]
+    fn breaker_opens_on_service_failures_only() {
+        let b = Breaker::new(3, Duration::from_millis(1000));
+        for _ in 0..10 {
+            b.record(b.admit(0).unwrap(), ServiceOutcome::Neutral, 0);
+        }
+        b.record(b.admit(0).unwrap(), ServiceOutcome::Failed, 0);
+        b.record(b.admit(0).unwrap(), ServiceOutcome::Failed, 0);
+        // An invalid-token answer between failures does not reset the count.
+        b.record(b.admit(0).unwrap(), ServiceOutcome::Neutral, 0);
+        assert_eq!(b.admit(0), Ok(Pass::Closed));
+        b.record(Pass::Closed, ServiceOutcome::Failed, 5);
+        assert_eq!(b.admit(500), Err(Refusal::CoolingDown(Duration::from_millis(505))));
+    }
+
+    #[test]
+    fn healthy_answer_resets_the_count() {
+        let b = Breaker::new(2, Duration::from_secs(60));
+        b.record(Pass::Closed, ServiceOutcome::Failed, 0);
+        b.record(Pass::Closed, ServiceOutcome::Healthy, 0);
+        b.record(Pass::Closed, ServiceOutcome::Failed, 0);
+        assert_eq!(b.admit(0), Ok(Pass::Closed));
+    }
+
+    #[test]
+    fn one_trial_after_the_cooldown_and_only_health_closes() {
+        let b = Breaker::new(1, Duration::from_millis(100));
+        b.record(Pass::Closed, ServiceOutcome::Failed, 0);
+        assert!(matches!(b.admit(99), Err(Refusal::CoolingDown(_))));
+        let trial = b.admit(100).unwrap();
+        assert_eq!(trial, Pass::Trial);
+        assert_eq!(b.admit(100), Err(Refusal::TrialInFlight), "exactly one trial at a time");
+        b.record(trial, ServiceOutcome::Neutral, 150);
+        // Neutral: still half-open; the next lookup is the next trial.
+        let trial = b.admit(150).unwrap();
+        assert_eq!(trial, Pass::Trial);
+        b.record(trial, ServiceOutcome::Failed, 200);
+        assert!(matches!(b.admit(250), Err(Refusal::CoolingDown(_))), "a failed trial re-opens");
+        let trial = b.admit(300).unwrap();
+        b.record(trial, ServiceOutcome::Healthy, 310);
+        assert_eq!(b.admit(310), Ok(Pass::Closed));
+        assert_eq!(b.admit(310), Ok(Pass::Closed), "closed: no trial limit");
+    }
+
+    #[test]
+    fn zero_threshold_never_opens() {
+        let b = Breaker::new(0, Duration::from_secs(60));
+        for _ in 0..100 {
+            b.record(Pass::Closed, ServiceOutcome::Failed, 0);
+        }
+        assert_eq!(b.admit(0), Ok(Pass::Closed));
+    }
+}

@@ -1,0 +1,184 @@
+//! Every `Java_us_kbase_spark_NativeAuth_*` export, and nothing else.
+//!
+//! Each body is one call to a wrapper that catches panics and resolves errors by an
+//! [`errors`](super::errors) policy, so nothing unwinds into the JVM. The Java side of each is
+//! documented on the `native` method of the same name in `NativeAuth.java`.
+
+use jni::objects::{JClass, JLongArray, JObject, JObjectArray, JString};
+use jni::sys::{jboolean, jint, jlong, jobjectArray, jstring};
+use jni::EnvUnowned;
+
+use super::errors::{guarded_status, BridgeError, ThrowToJava};
+use super::handle::{self, Recorded};
+use super::strings;
+use crate::authenticator::MSG_INTERNAL;
+use crate::metrics::METRIC_NAMES;
+use crate::Authenticator;
+
+/// `long create(String[] keysAndValues)`: a new authenticator; its handle is freed by `destroy`.
+/// Throws `IllegalArgumentException` naming the key on a bad configuration.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_create<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    pairs: JObjectArray<'l, JString<'l>>,
+) -> jlong {
+    env.with_env(|env| -> Result<jlong, BridgeError> {
+        let map = strings::read_pairs(env, &pairs)?;
+        Ok(handle::into_handle(Authenticator::from_map(&map)?))
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `void destroy(long handle)`: frees the authenticator. The shim calls it exactly once.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_destroy<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) {
+    // Safety: the shim's Cleaner passes a live handle from `create`, once.
+    env.with_env(|_| -> Result<(), BridgeError> {
+        unsafe { handle::drop_handle(handle) };
+        Ok(())
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `int authorize(long handle, String authorization, String[] moreAuthorization,
+/// String kbaseToken, String[] moreKbaseTokens, String peer)`: 0 = allow, -1 = allow and log
+/// `lastLogLines()` at WARN, else the gRPC status code of the denial (`denialMessage`,
+/// `lastLogLines`). Never throws: errors and panics become INTERNAL (13). The hot path, so it
+/// takes raw JNI types (see [`strings::with_metadata`]).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_authorize(
+    env: *mut jni::sys::JNIEnv,
+    _class: jni::sys::jclass,
+    handle: jlong,
+    authorization: jstring,
+    more_authorization: jobjectArray,
+    kbase_token: jstring,
+    more_kbase_tokens: jobjectArray,
+    peer: jstring,
+) -> jint {
+    guarded_status(|| {
+        // Safety: called by the JVM as a native method, with this thread's env and live
+        // arguments; the shim passes a live handle.
+        let auth = unsafe { handle::handle_ref(handle)? };
+        let metadata = ((authorization, more_authorization), (kbase_token, more_kbase_tokens));
+        Ok(unsafe { strings::with_metadata(env, metadata.0, metadata.1, peer, |a, k, p| auth.authorize(a, k, p)) })
+    })
+}
+
+/// `String denialMessage()`: the status description of this thread's last denial.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_denialMessage<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) -> JString<'l> {
+    env.with_env(|env| {
+        let text = handle::with_last(|r| match r {
+            Some(Recorded::Denied(d)) => d.message.clone(),
+            _ => MSG_INTERNAL.to_owned(),
+        });
+        strings::new_string(env, &text)
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `String[] lastLogLines()`: the server log lines of this thread's last non-zero `authorize`,
+/// or null when the denial log's rate limit suppressed them.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_lastLogLines<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) -> JObject<'l> {
+    env.with_env(|env| -> Result<JObject<'l>, BridgeError> {
+        let lines = handle::with_last(|r| match r {
+            Some(Recorded::Denied(d)) => d.log_lines(),
+            Some(Recorded::Warned(line)) => vec![line.clone()],
+            None => vec!["KBase auth: no outcome recorded on this thread".to_owned()],
+        });
+        if lines.is_empty() {
+            return Ok(JObject::null());
+        }
+        Ok(strings::new_string_array(env, &lines)?.into())
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `boolean wantsPeerAddress(long handle)`: whether `authorize` needs the caller's IP.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_wantsPeerAddress<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) -> jboolean {
+    env.with_env(|_| -> Result<jboolean, BridgeError> {
+        Ok(unsafe { handle::handle_ref(handle)? }.wants_peer_address())
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `String describe(long handle)`: the start-up line (version and effective settings).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_describe<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) -> JString<'l> {
+    env.with_env(|env| {
+        let text = unsafe { handle::handle_ref(handle)? }.describe();
+        strings::new_string(env, &text)
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `String[] warnings(long handle)`: the start-up warnings, one line each (maybe none).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_warnings<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) -> JObjectArray<'l, JString<'l>> {
+    env.with_env(|env| {
+        let lines = unsafe { handle::handle_ref(handle)? }.warnings();
+        strings::new_string_array(env, &lines)
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `String[] metricNames()`: the counter names, in the order of `metricValues`.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_metricNames<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) -> JObjectArray<'l, JString<'l>> {
+    env.with_env(|env| strings::new_string_array(env, &METRIC_NAMES)).resolve::<ThrowToJava>()
+}
+
+/// `long[] metricValues(long handle)`: one snapshot of every counter.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_metricValues<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) -> JLongArray<'l> {
+    env.with_env(|env| {
+        let values = unsafe { handle::handle_ref(handle)? }.metrics().values();
+        strings::new_long_array(env, &values)
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `int panicProbe()`: panics inside the guard `authorize` runs in; returns what the wrapper
+/// made of it (13, INTERNAL). Proves in tests that a panic cannot cross into the JVM or allow a
+/// call.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_panicProbe<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+) -> jint {
+    env.with_env(|_| -> Result<jint, BridgeError> { Ok(guarded_status(|| panic!("panic probe"))) })
+        .resolve::<ThrowToJava>()
+}

@@ -1,0 +1,185 @@
+//! Java strings and arrays in and out.
+//!
+//! The hot path (`authorize`) reads its metadata strings on raw JNI into stack buffers: the
+//! `jni` crate's `with_env` plus `mutf8_chars` cost ~150 ns per call (attach-guard bookkeeping,
+//! an `ExceptionCheck` before every JNI call, a malloc'd copy per string) — half the whole
+//! cache-hit decision. Here an ASCII header costs two JNI calls and a copy. Everything else
+//! (set-up, read-outs, denials) uses the `jni` crate.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+
+use jni::objects::{JLongArray, JObjectArray, JString};
+use jni::strings::JNIStr;
+use jni::sys::{self, jobjectArray, jstring};
+use jni::Env;
+
+use super::errors::BridgeError;
+
+/// Stack room for headers of up to 1365 characters (a real token is 32); longer ones go to the
+/// heap.
+const HEADER_BUF: usize = 4096;
+const PEER_BUF: usize = 160;
+
+/// Reads one call's metadata — the first value and any repeats of `authorization` and
+/// `x-kbase-token`, and the peer address (each may be null) — and hands it to `f` as slices.
+/// The usual single-valued call allocates nothing.
+///
+/// # Safety
+/// `env` is the `JNIEnv` of the calling thread; the references are live local references or
+/// null, as the JVM guarantees for a native method's arguments.
+pub unsafe fn with_metadata<R>(
+    env: *mut sys::JNIEnv,
+    (authorization, more_authorization): (jstring, jobjectArray),
+    (kbase_token, more_kbase_tokens): (jstring, jobjectArray),
+    peer: jstring,
+    f: impl FnOnce(&[&str], &[&str], Option<&str>) -> R,
+) -> R {
+    let mut a_buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
+    let mut k_buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
+    let mut p_buf = MaybeUninit::<[u8; PEER_BUF]>::uninit();
+    let a = unsafe { read_jstring(env, authorization, &mut a_buf) };
+    let k = unsafe { read_jstring(env, kbase_token, &mut k_buf) };
+    let p = unsafe { read_jstring(env, peer, &mut p_buf) };
+    let a_more = unsafe { read_string_array(env, more_authorization) };
+    let k_more = unsafe { read_string_array(env, more_kbase_tokens) };
+    let a_values = Values::new(a.as_deref(), &a_more);
+    let k_values = Values::new(k.as_deref(), &k_more);
+    f(a_values.as_slice(), k_values.as_slice(), p.as_deref())
+}
+
+/// Every value of one metadata key, without a heap allocation for the single value.
+enum Values<'a> {
+    One([&'a str; 1]),
+    Many(Vec<&'a str>),
+}
+
+impl<'a> Values<'a> {
+    fn new(first: Option<&'a str>, more: &'a [String]) -> Values<'a> {
+        match (first, more.is_empty()) {
+            (Some(v), true) => Values::One([v]),
+            _ => Values::Many(first.into_iter().chain(more.iter().map(String::as_str)).collect()),
+        }
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        match self {
+            Values::One(v) => v,
+            Values::Many(v) => v,
+        }
+    }
+}
+
+/// A Java string as Rust text: copied into `buf` with `GetStringUTFRegion`, which needs no
+/// release call and allocates nothing in the JVM; two JNI calls for an ASCII header. `buf` is
+/// uninitialised stack: zeroing kilobytes per call would cost more than the whole cache hit.
+unsafe fn read_jstring<'b, const N: usize>(
+    env: *mut sys::JNIEnv,
+    s: jstring,
+    buf: &'b mut MaybeUninit<[u8; N]>,
+) -> Option<Cow<'b, str>> {
+    if s.is_null() {
+        return None;
+    }
+    let interface = unsafe { &**env };
+    let region = |dest: *mut u8, chars| unsafe { (interface.v1_2.GetStringUTFRegion)(env, s, 0, chars, dest.cast()) };
+    let chars = unsafe { (interface.v1_1.GetStringLength)(env, s) }.max(0);
+    // A char takes at most 3 bytes of modified UTF-8. If that fits, copy first and ask no
+    // length: the text is ASCII exactly when its first `chars` bytes are (a non-ASCII char's
+    // encoding would start inside them), and then it is exactly `chars` bytes long.
+    if 3 * (chars as usize) < N {
+        let ptr = buf.as_mut_ptr().cast::<u8>();
+        region(ptr, chars);
+        // Safety: the JVM wrote at least `chars` bytes at `ptr`, within the buffer.
+        let head = unsafe { std::slice::from_raw_parts(ptr, chars as usize) };
+        if head.is_ascii() {
+            // Safety: ASCII is UTF-8 (and modified UTF-8 never holds a 0 byte).
+            return Some(Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(head) }));
+        }
+    }
+    // Long or non-ASCII (rare): size it exactly, copy to the heap, convert.
+    let bytes = unsafe { (interface.v1_1.GetStringUTFLength)(env, s) }.max(0) as usize;
+    let mut heap = vec![0u8; bytes + 1]; // + the NUL HotSpot writes after the text
+    region(heap.as_mut_ptr(), chars);
+    Some(Cow::Owned(mutf8_to_string(&mut heap, bytes)))
+}
+
+/// The strings of a Java `String[]` (null: none; null elements are skipped). Only repeated
+/// metadata keys arrive this way, so it may allocate.
+unsafe fn read_string_array(env: *mut sys::JNIEnv, array: jobjectArray) -> Vec<String> {
+    if array.is_null() {
+        return Vec::new();
+    }
+    let interface = unsafe { &**env };
+    let len = unsafe { (interface.v1_1.GetArrayLength)(env, array) }.max(0);
+    let mut out = Vec::with_capacity(len as usize);
+    let mut buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
+    for i in 0..len {
+        let element = unsafe { (interface.v1_1.GetObjectArrayElement)(env, array, i) };
+        if let Some(text) = unsafe { read_jstring(env, element, &mut buf) } {
+            out.push(text.into_owned());
+        }
+        if !element.is_null() {
+            unsafe { (interface.v1_1.DeleteLocalRef)(env, element) };
+        }
+    }
+    out
+}
+
+/// Modified UTF-8 (surrogate pairs, `C0 80` for NUL) → UTF-8, for the rare non-ASCII header.
+fn mutf8_to_string(dest: &mut [u8], len: usize) -> String {
+    dest[len] = 0;
+    // Safety: NUL-terminated just above, within `dest`.
+    unsafe { JNIStr::from_ptr(dest.as_ptr().cast()) }.to_str().into_owned()
+}
+
+/// The Java `String[]` of alternating keys and values as a map.
+pub fn read_pairs(
+    env: &mut Env<'_>,
+    array: &JObjectArray<'_, JString<'_>>,
+) -> Result<HashMap<String, String>, BridgeError> {
+    if array.is_null() {
+        return Err(BridgeError::Usage("settings array is null"));
+    }
+    let len = array.len(env)?;
+    if len % 2 != 0 {
+        return Err(BridgeError::Usage("settings array must hold key/value pairs"));
+    }
+    let mut map = HashMap::with_capacity(len / 2);
+    for i in (0..len).step_by(2) {
+        let key = array.get_element(env, i)?;
+        let value = array.get_element(env, i + 1)?;
+        if key.is_null() || value.is_null() {
+            return Err(BridgeError::Usage("settings array holds a null"));
+        }
+        map.insert(key.try_to_string(env)?, value.try_to_string(env)?);
+    }
+    Ok(map)
+}
+
+pub fn new_string<'l>(env: &mut Env<'l>, s: &str) -> Result<JString<'l>, BridgeError> {
+    Ok(JString::from_str(env, s)?)
+}
+
+/// A Java `String[]` holding `items`.
+pub fn new_string_array<'l>(
+    env: &mut Env<'l>,
+    items: &[impl AsRef<str>],
+) -> Result<JObjectArray<'l, JString<'l>>, BridgeError> {
+    let fill = new_string(env, "")?;
+    let array = JObjectArray::<JString>::new(env, items.len(), &fill)?;
+    for (i, item) in items.iter().enumerate() {
+        let s = new_string(env, item.as_ref())?;
+        array.set_element(env, i, &s)?;
+    }
+    Ok(array)
+}
+
+/// A Java `long[]` holding `values` (saturating at `Long.MAX_VALUE`).
+pub fn new_long_array<'l>(env: &mut Env<'l>, values: &[u64]) -> Result<JLongArray<'l>, BridgeError> {
+    let longs: Vec<i64> = values.iter().map(|v| i64::try_from(*v).unwrap_or(i64::MAX)).collect();
+    let array = JLongArray::new(env, longs.len())?;
+    array.set_region(env, 0, &longs)?;
+    Ok(array)
+}

@@ -1,0 +1,144 @@
+//! Regression tests for the defects named in the "owner keeps working" issue; each failed
+//! before its fix.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Expiry was judged with the clock read before the Auth2 wait: a token expiring while Auth2
+/// answered was allowed.
+#[test]
+fn a_token_that_expires_while_auth2_answers_is_denied() {
+    // Auth2 looked when the token had 1.5 s left, and its 200 arrives 3 s later.
+    let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 1_500;
+    let body = format!(
+        r#"{{"type":"Login","id":"x","expires":{expires},"created":1,"name":null,"user":"{OWNER}","custom":{{}},"cachefor":300000}}"#
+    );
+    let slow = CannedHttp::start_slow("200 OK", "application/json", &body, Duration::from_secs(3));
+    let fake = fake(vec![]);
+    let auth = authenticator(&fake, &[("spark.kbase.auth.url", &slow.url), ("spark.kbase.auth.requestTimeout", "6s")]);
+    let d = denied(call(&auth, &new_token("racing")));
+    assert_eq!((d.code(), d.reason), (Code::Unauthenticated, Reason::Expired), "{d:?}");
+    assert_eq!(slow.requests(), 1);
+}
+
+/// The per-thread front table's deadline was on the wall clock: with the clock stepped back,
+/// a front entry (an allow for a since-revoked token) outlived the shared entry.
+#[test]
+fn a_wall_clock_step_back_does_not_stretch_a_cache_window() {
+    let t = new_token("stepped");
+    let fake = fake(vec![TokenEntry::new(&t, OWNER).cachefor(2_000)]);
+    let clock = ManualClock::new();
+    let auth = authenticator_at(&fake, &[("spark.kbase.auth.cache.refreshAhead", "0ms")], &clock);
+    assert_allowed(&call(&auth, &t)); // now in this thread's front table too
+    assert!(fake.revoke(&t));
+    clock.step_wall(-3_600_000);
+    clock.advance(Duration::from_millis(2_100));
+    let d = denied(call(&auth, &t));
+    assert_eq!(d.reason, Reason::Invalid, "the window ended on the monotonic clock: {d:?}");
+    assert_eq!(fake.requests_for(&t), 2);
+}
+
+/// Any HTTP 400 was cached as "invalid token"; a 400 from a proxy or firewall in front of Auth2
+/// says nothing about the token.
+#[test]
+fn a_400_from_a_proxy_is_unavailable_and_not_remembered() {
+    for (content_type, body) in [
+        ("text/html", "<html><body><h1>400 Bad Request</h1>Request Header Or Cookie Too Large</body></html>"),
+        ("application/json", r#"{"message":"Request blocked by WAF","code":400}"#),
+    ] {
+        let proxy = CannedHttp::start("400 Bad Request", content_type, body);
+        let fake = fake(vec![]);
+        let auth = authenticator(&fake, &[("spark.kbase.auth.url", &proxy.url)]);
+        let t = new_token("proxied");
+        for attempt in 1..=3 {
+            let d = denied(call(&auth, &t));
+            assert_eq!((d.code(), d.reason), (Code::Unavailable, Reason::Unavailable), "{content_type}: {d:?}");
+            assert!(d.detail.contains("HTTP 400"), "{}", d.detail);
+            assert_eq!(proxy.requests(), attempt, "{content_type}: the answer must not be cached");
+        }
+    }
+}
+
+/// Auth2's own 400 ("no token", appcode 10010) and 401 still mean invalid.
+#[test]
+fn auth2s_own_rejections_are_still_invalid() {
+    let own_401 = r#"{"error":{"httpcode":401,"httpstatus":"Unauthorized","appcode":10020,"apperror":"Invalid token","message":"10020 Invalid token","callid":"1","time":1}}"#;
+    let proxy = CannedHttp::start("401 Unauthorized", "application/json", own_401);
+    let fake = fake(vec![]);
+    let auth = authenticator(&fake, &[("spark.kbase.auth.url", &proxy.url)]);
+    assert_eq!(denied(call(&auth, &new_token("x"))).reason, Reason::Invalid);
+}
+
+/// The breaker counted one token's odd answer as a service failure, and an invalid answer reset it.
+#[test]
+fn odd_answers_do_not_open_the_breaker_and_invalid_answers_do_not_reset_it() {
+    let fake = fake(vec![]);
+    let breaker = [("spark.kbase.auth.failFast.threshold", "3"), ("spark.kbase.auth.failFast.cooldown", "1h")];
+    let auth = authenticator(&fake, &breaker);
+    fake.set_fault_blocking(Fault::Malformed).unwrap();
+    for _ in 0..10 {
+        let t = new_token("odd");
+        fake.add_token(TokenEntry::new(&t, OWNER));
+        assert_eq!(denied(call(&auth, &t)).reason, Reason::Unavailable);
+    }
+    assert_eq!(fake.total_requests(), 10, "every odd answer was a real exchange: the breaker stayed closed");
+
+    // Two service failures, an invalid token's 401, a third failure: open.
+    fake.reset_counts();
+    for fault in [Fault::Status503, Fault::Status503, Fault::None, Fault::Status503] {
+        fake.set_fault_blocking(fault).unwrap();
+        let _ = call(&auth, &new_token("unknown"));
+    }
+    fake.set_fault_blocking(Fault::None).unwrap();
+    let d = denied(call(&auth, &new_token("unknown")));
+    assert!(d.detail.contains("not asking it again"), "{d:?}");
+    assert_eq!(fake.total_requests(), 4);
+}
+
+/// The breaker promised one trial exchange after the cool-down but let every miss through.
+#[test]
+fn after_the_cooldown_exactly_one_trial_goes_through() {
+    let fake = fake(vec![]);
+    let clock = ManualClock::new();
+    let auth = authenticator_at(
+        &fake,
+        &[("spark.kbase.auth.failFast.threshold", "1"), ("spark.kbase.auth.failFast.cooldown", "1s")],
+        &clock,
+    );
+    fake.set_fault_blocking(Fault::Status503).unwrap();
+    let _ = call(&auth, &new_token("fail"));
+    clock.advance(Duration::from_millis(1_100));
+    fake.set_fault_blocking(Fault::Delay(Duration::from_millis(500))).unwrap();
+    fake.reset_counts();
+    let tokens: Vec<String> = (0..8).map(|_| new_token("trial")).collect();
+    for t in &tokens {
+        fake.add_token(TokenEntry::new(t, OWNER));
+    }
+    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = tokens.iter().map(|t| s.spawn(|| call(&auth, t))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(fake.total_requests(), 1, "one trial exchange");
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+    // The trial succeeded: closed again.
+    let t = new_token("after");
+    fake.add_token(TokenEntry::new(&t, OWNER));
+    assert_allowed(&call(&auth, &t));
+}
+
+/// A clock error made `epoch_ms()` return 0, so every token looked unexpired.
+#[test]
+fn an_unreadable_clock_denies() {
+    let t = new_token("clock");
+    let fake = fake(vec![TokenEntry::new(&t, OWNER)]);
+    let clock = ManualClock::new();
+    let auth = authenticator_at(&fake, &[], &clock);
+    assert_allowed(&call(&auth, &t));
+    clock.break_clock();
+    let d = denied(call(&auth, &t));
+    assert_eq!((d.code(), d.reason), (Code::Internal, Reason::Internal), "{d:?}");
+    assert!(d.detail.contains("clock"), "{}", d.detail);
+}
