@@ -298,6 +298,7 @@ def hardened(workdir, main, all_servers):
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_hardened_pod_runs_as_an_unprivileged_user(hardened):
     st = process_status(java_pid(hardened))
     assert st["Uid"] == [str(NOBODY)] * 4 and st["Gid"] == [str(NOBODY)] * 4, st
@@ -308,6 +309,7 @@ def test_hardened_pod_runs_as_an_unprivileged_user(hardened):
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_hardened_pod_admits_only_the_owner(hardened, main):
     url = hardened.url("localhost", **{"x-kbase-token": main.t["alice"]})
     assert harness.spark_query(url) == EXPECTED_ROWS
