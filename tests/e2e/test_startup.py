@@ -95,5 +95,7 @@ def test_trusted_addresses(workdir, main, all_servers):
         assert kbase["denied.user_not_allowed"] >= 1, kbase
         assert kbase["denied.malformed_token"] >= 1, kbase
         assert kbase["auth2Requests"] >= 1, kbase
+        for counter in ("refreshes", "staleAllows", "denied.too_many_new_tokens", "auth2FailFast"):
+            assert kbase[counter] == 0, kbase
     finally:
         s.stop()
