@@ -311,8 +311,8 @@ final class NativeAuth {
         Path dir;
         try {
             dir = createPrivateDirectory(parent);
-        } catch (IOException | UnsupportedOperationException e) {
-            // UnsupportedOperationException: a file system without POSIX permissions.
+        } catch (IOException | UnsupportedOperationException | IllegalArgumentException e) {
+            // The other two: a file system without POSIX permissions or unix attributes.
             throw new UnusableDirectory("cannot create a private directory there: " + reason(e, parent), e);
         }
         Path file = dir.resolve(LIBRARY_NAME);
@@ -347,7 +347,9 @@ final class NativeAuth {
     /**
      * A new directory in {@code parent} that only the owner can enter: created atomically with
      * mode 0700 (mkdir fails rather than reuse an existing name), then set to exactly 0700 in case
-     * the umask took away owner bits.
+     * the umask took away owner bits. A parent that other users may write to without the sticky
+     * bit is refused: they could rename the new directory away and put their own in its place
+     * before the library is loaded.
      */
     static Path createPrivateDirectory(Path parent) throws IOException {
         if (!Files.exists(parent)) {
@@ -355,6 +357,11 @@ final class NativeAuth {
         }
         if (!Files.isDirectory(parent)) {
             throw new NotDirectoryException(parent.toString());
+        }
+        int mode = (Integer) Files.getAttribute(parent, "unix:mode");
+        if ((mode & 0022) != 0 && (mode & 01000) == 0) {
+            throw new FileSystemException(parent.toString(), null, String.format(
+                    "writable by other users without the sticky bit (mode %04o), so not safe", mode & 07777));
         }
         Path dir = Files.createTempDirectory(parent, "kbase-spark-auth-", OWNER_ONLY);
         Files.setPosixFilePermissions(dir, OWNER_ONLY.value());

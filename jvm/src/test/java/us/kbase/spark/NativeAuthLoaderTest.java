@@ -253,6 +253,19 @@ public class NativeAuthLoaderTest {
     }
 
     @Test
+    public void directoryOthersMayWriteIsUsedOnlyWithTheStickyBit() throws Exception {
+        Path open = tmp.newFolder("world-writable").toPath();
+        Path sticky = tmp.newFolder("world-writable-sticky").toPath();
+        Files.setAttribute(open, "unix:mode", 0777);
+        Files.setAttribute(sticky, "unix:mode", 01777);
+        String log = loadsFrom(sticky, dirs(open, "java.io.tmpdir", sticky, "SPARK_LOCAL_DIRS"));
+        assertThat(log, containsString("after 1 unusable directory: 1) " + open + " (java.io.tmpdir): cannot create a "
+                + "private directory there: writable by other users without the sticky bit (mode 0777), so not safe; set"));
+        assertEmpty(open);
+        assertEmpty(sticky);
+    }
+
+    @Test
     public void noexecDirectoryIsSkipped() throws Exception {
         Path noexec = mountTmpfs("noexec", "noexec,size=16m");
         Path usable = tmp.newFolder("usable").toPath();
