@@ -255,6 +255,8 @@ def test_library_loadable_nowhere_names_every_directory(noexec_servers):
 def hardened(workdir, main, all_servers):
     """Spark as uid/gid 65534 with no supplementary groups, no USER, HOME=/nonexistent (not
     writable), the owner only in spark-defaults.conf, spark.jars.ivy in a writable directory."""
+    if os.geteuid() != 0:
+        pytest.skip("running Spark as uid 65534 (setpriv) needs root")
     s = SparkServer(workdir, "hardened", _conf(main), env={"HOME": "/nonexistent"},
                     driver_memory="512m")
     ivy = s.dir / "ivy"
