@@ -4,6 +4,7 @@
 #     openjdk-17-jdk-headless when no Java 17 JDK is found;
 #   * Java 17 and a Rust toolchain (cargo) are present;
 #   * <repo>/.venv with pyspark[connect]==4.0.0, pytest and friends (tests/e2e/requirements.txt);
+#   * the cross build and Debian 11 test roots, outside the repository (scripts/cross/setup.sh);
 #   * with --matrix: the Spark version matrix's venvs (scripts/setup-matrix.sh).
 # Usage: scripts/setup.sh [--matrix]   (env: KBASE_PYTHON=python3.x to choose the interpreter)
 set -euo pipefail
@@ -115,6 +116,9 @@ detect_spark_home
 [ -f "$SPARK_HOME/jars/spark-connect_2.13-$PYSPARK_VERSION.jar" ] \
   || die "missing $SPARK_HOME/jars/spark-connect_2.13-$PYSPARK_VERSION.jar"
 info "SPARK_HOME=$SPARK_HOME"
+
+# ---------------------------------------------------------------- cross build and test roots
+as_root "$REPO_ROOT/scripts/cross/setup.sh"
 
 # ---------------------------------------------------------------- Spark version matrix (--matrix)
 if [ $matrix -eq 1 ] && [ -n "$SPARK_MATRIX" ]; then

@@ -145,9 +145,14 @@ impl Auth2Client {
             }
             builder = builder.tls_certs_merge(certs);
         }
+        // Fails e.g. when the system has no CA certificates at all: then nothing could be trusted.
         let http = builder.build().map_err(|e| ConfigError::Invalid {
             key: KEY_CA_BUNDLE.into(),
-            problem: format!("cannot set up the HTTPS client: {e}"),
+            problem: format!(
+                "cannot set up the HTTPS client for Auth2 ({}); if this system has no CA certificates, install \
+                 them (Debian/Ubuntu: ca-certificates) or name a PEM bundle in {KEY_CA_BUNDLE}",
+                error_chain(&e)
+            ),
         })?;
         Ok(Auth2Client {
             http,
@@ -257,13 +262,18 @@ fn unavailable_transport(e: &reqwest::Error) -> Auth2Error {
     } else {
         "request failed"
     };
-    let mut text = format!("Auth2 {what}: {e}");
-    let mut source = std::error::Error::source(e);
+    Auth2Error::ServiceFailure(format!("Auth2 {what}: {}", error_chain(e)))
+}
+
+/// An error with its causes, `outer: inner: innermost`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
     while let Some(cause) = source {
         text.push_str(&format!(": {cause}"));
         source = cause.source();
     }
-    Auth2Error::ServiceFailure(text)
+    text
 }
 
 #[cfg(test)]

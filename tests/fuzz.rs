@@ -1,14 +1,15 @@
 //! Property-based fuzzing of everything that parses outside input: token extraction, settings,
 //! and Auth2 answers. Each target never panics and keeps its invariants on arbitrary input.
 //!
-//! Cases per target: `FUZZ_CASES` (default 2000, so `cargo test` stays quick);
-//! `scripts/fuzz.sh` runs them long and prints the counts.
+//! Cases per target: `FUZZ_CASES` (default 2000, so `cargo test` stays quick). The invariants
+//! live in `fuzz_invariants/`, shared with the coverage-guided cargo-fuzz targets in `fuzz/`
+//! (`scripts/fuzz.sh` runs those); inputs cargo-fuzz found are regression cases at the end.
+
+mod fuzz_invariants;
 
 use std::collections::HashMap;
 
-use kbase_spark_auth::auth2::{parse_me_answer, parse_token_answer, Auth2Error};
-use kbase_spark_auth::token::{extract, TokenError, MAX_TOKEN_BYTES};
-use kbase_spark_auth::{ConfigError, Settings};
+use fuzz_invariants::SETTINGS_KEYS as KEYS;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -37,54 +38,22 @@ fn header_value() -> impl Strategy<Value = Option<String>> {
     ])
 }
 
+/// An invariant of `fuzz_invariants` as a proptest assertion.
+fn holds(r: Result<(), String>) -> Result<(), TestCaseError> {
+    r.map_err(TestCaseError::fail)
+}
+
 #[test]
 fn fuzz_token_extraction() {
+    // Each header repeated 0 to 3 times, as gRPC metadata can carry it.
     let values =
         || prop::collection::vec(header_value(), 0..4).prop_map(|v| v.into_iter().flatten().collect::<Vec<_>>());
     run("token_extract", (values(), values()), |(auth, kbase)| {
         let (a, k): (Vec<&str>, Vec<&str>) =
             (auth.iter().map(String::as_str).collect(), kbase.iter().map(String::as_str).collect());
-        match extract(&a, &k) {
-            Ok(t) => {
-                let t = t.expose();
-                prop_assert!(!t.is_empty() && t.len() <= MAX_TOKEN_BYTES);
-                prop_assert!(!t.chars().any(|c| c.is_whitespace() || c.is_control()));
-                // Every value names this very token.
-                prop_assert!(a.iter().chain(&k).all(|h| h.contains(t)));
-            }
-            Err(TokenError::Missing) => prop_assert!(a.is_empty() && k.is_empty()),
-            // (TokenError carries no data, so its text cannot quote the input.)
-            Err(TokenError::TooLong) => {
-                prop_assert!(a.iter().chain(&k).any(|h| h.trim().len() > MAX_TOKEN_BYTES))
-            }
-            Err(TokenError::Ambiguous) => prop_assert!(a.len() + k.len() >= 2),
-            Err(_) => {}
-        }
-        Ok(())
+        holds(fuzz_invariants::token_extract(&a, &k))
     });
 }
-
-const KEYS: &[&str] = &[
-    "spark.kbase.auth.url",
-    "KBASE_AUTH_URL",
-    "USER",
-    "spark.kbase.auth.owner",
-    "spark.kbase.auth.allowedUsers",
-    "spark.kbase.auth.requireMfa",
-    "spark.kbase.auth.mfaExemptUsers",
-    "spark.kbase.auth.requiredRoles",
-    "spark.kbase.auth.cache.maxEntries",
-    "spark.kbase.auth.cache.maxTtl",
-    "spark.kbase.auth.cache.invalidTtl",
-    "spark.kbase.auth.connectTimeout",
-    "spark.kbase.auth.requestTimeout",
-    "spark.kbase.auth.caBundle",
-    "spark.kbase.auth.trustedAddresses",
-    "spark.kbase.auth.failFast.threshold",
-    "spark.kbase.auth.failFast.cooldown",
-    "spark.kbase.auth.maxConcurrentRequests",
-    "spark.kbase.auth.typo",
-];
 
 fn setting_value() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -102,17 +71,7 @@ fn fuzz_settings() {
     let pairs = prop::collection::vec((prop::sample::select(KEYS), setting_value()), 0..8);
     run("settings", pairs, |pairs| {
         let map: HashMap<String, String> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        match Settings::from_map(&map) {
-            Ok(s) => {
-                prop_assert!(s.owner.is_some() || !s.allowed_users.is_empty(), "started without an owner");
-                prop_assert!(s.auth_url.ends_with('/'));
-                prop_assert!(!s.request_timeout.is_zero() && !s.connect_timeout.is_zero());
-            }
-            Err(ConfigError::Invalid { key, .. }) => prop_assert!(KEYS.contains(&key.as_str()), "{key}"),
-            Err(ConfigError::NoOwner) => {}
-            Err(ConfigError::UnknownKey { key, .. }) => prop_assert_eq!(key, "spark.kbase.auth.typo"),
-        }
-        Ok(())
+        holds(fuzz_invariants::settings(&map))
     });
 }
 
@@ -153,20 +112,34 @@ fn auth2_body() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn fuzz_auth2_answers() {
     let status = prop_oneof![Just(200u16), Just(401), Just(400), Just(503), 100u16..600];
-    run("auth2_answer", (status, auth2_body()), |(status, body)| {
-        match parse_token_answer(status, &body) {
-            Ok(info) => {
-                prop_assert_eq!(status, 200);
-                prop_assert!(!info.identity.user.is_empty());
+    run("auth2_answer", (status, auth2_body()), |(status, body)| holds(fuzz_invariants::auth2_answer(status, &body)));
+}
+
+/// Every committed cargo-fuzz seed (`fuzz/seeds/TARGET/`) and every input cargo-fuzz found
+/// (`fuzz/regressions/TARGET/`, one file each, named for what it showed) replayed through the
+/// same invariants, in every `cargo test`.
+#[test]
+fn cargo_fuzz_seeds_and_findings_keep_their_invariants() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    type Check = fn(&[u8]) -> Result<(), String>;
+    let targets: [(&str, Check); 3] = [
+        ("token_extract", fuzz_invariants::token_extract_bytes),
+        ("settings", fuzz_invariants::settings_bytes),
+        ("auth2_answer", fuzz_invariants::auth2_answer_bytes),
+    ];
+    let mut replayed = 0;
+    for (target, check) in targets {
+        for dir in ["seeds", "regressions"] {
+            let Ok(files) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
+            for f in files {
+                let path = f.unwrap().path();
+                let data = std::fs::read(&path).unwrap();
+                if let Err(broken) = check(&data) {
+                    panic!("{}: {broken}", path.display());
+                }
+                replayed += 1;
             }
-            Err(Auth2Error::Invalid) => prop_assert!(status == 400 || status == 401),
-            Err(Auth2Error::ServiceFailure(_)) => prop_assert!((500..600).contains(&status)),
-            Err(Auth2Error::BadAnswer(_)) => prop_assert!(!(500..600).contains(&status)),
         }
-        if let Ok(roles) = parse_me_answer(status, &body, "alice") {
-            prop_assert_eq!(status, 200);
-            prop_assert!(roles.len() < 1000);
-        }
-        Ok(())
-    });
+    }
+    assert!(replayed >= 30, "only {replayed} seed/regression files found under {}", root.display());
 }

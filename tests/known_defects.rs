@@ -11,17 +11,14 @@ use common::*;
 /// answered was allowed.
 #[test]
 fn a_token_that_expires_while_auth2_answers_is_denied() {
-    // Auth2 looked when the token had 1.5 s left, and its 200 arrives 3 s later.
-    let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 1_500;
-    let body = format!(
-        r#"{{"type":"Login","id":"x","expires":{expires},"created":1,"name":null,"user":"{OWNER}","custom":{{}},"cachefor":300000}}"#
-    );
-    let slow = CannedHttp::start_slow("200 OK", "application/json", &body, Duration::from_secs(3));
-    let fake = fake(vec![]);
-    let auth = authenticator(&fake, &[("spark.kbase.auth.url", &slow.url), ("spark.kbase.auth.requestTimeout", "6s")]);
-    let d = denied(call(&auth, &new_token("racing")));
+    // Auth2 looks when the token has 1.5 s left, and its 200 arrives 3 s later.
+    let t = new_token("racing");
+    let fake = fake(vec![TokenEntry::new(&t, OWNER).expires_in(Duration::from_millis(1_500))]);
+    fake.set_fault_blocking(Fault::LateAnswer(Duration::from_secs(3))).unwrap();
+    let auth = authenticator(&fake, &[("spark.kbase.auth.requestTimeout", "6s")]);
+    let d = denied(call(&auth, &t));
     assert_eq!((d.code(), d.reason), (Code::Unauthenticated, Reason::Expired), "{d:?}");
-    assert_eq!(slow.requests(), 1);
+    assert_eq!(fake.requests_for(&t), 1);
 }
 
 /// The per-thread front table's deadline was on the wall clock: with the clock stepped back,
@@ -45,31 +42,20 @@ fn a_wall_clock_step_back_does_not_stretch_a_cache_window() {
 /// says nothing about the token.
 #[test]
 fn a_400_from_a_proxy_is_unavailable_and_not_remembered() {
-    for (content_type, body) in [
-        ("text/html", "<html><body><h1>400 Bad Request</h1>Request Header Or Cookie Too Large</body></html>"),
-        ("application/json", r#"{"message":"Request blocked by WAF","code":400}"#),
-    ] {
-        let proxy = CannedHttp::start("400 Bad Request", content_type, body);
-        let fake = fake(vec![]);
-        let auth = authenticator(&fake, &[("spark.kbase.auth.url", &proxy.url)]);
+    for fault in [Fault::Status400Html, Fault::Status400Json] {
         let t = new_token("proxied");
+        let fake = fake(vec![TokenEntry::new(&t, OWNER)]);
+        let auth = authenticator(&fake, &[]);
+        fake.set_fault_blocking(fault.clone()).unwrap();
         for attempt in 1..=3 {
             let d = denied(call(&auth, &t));
-            assert_eq!((d.code(), d.reason), (Code::Unavailable, Reason::Unavailable), "{content_type}: {d:?}");
+            assert_eq!((d.code(), d.reason), (Code::Unavailable, Reason::Unavailable), "{fault:?}: {d:?}");
             assert!(d.detail.contains("HTTP 400"), "{}", d.detail);
-            assert_eq!(proxy.requests(), attempt, "{content_type}: the answer must not be cached");
+            assert_eq!(fake.requests_for(&t), attempt, "{fault:?}: the answer must not be cached");
         }
+        fake.set_fault_blocking(Fault::None).unwrap();
+        assert_allowed(&call(&auth, &t));
     }
-}
-
-/// Auth2's own 400 ("no token", appcode 10010) and 401 still mean invalid.
-#[test]
-fn auth2s_own_rejections_are_still_invalid() {
-    let own_401 = r#"{"error":{"httpcode":401,"httpstatus":"Unauthorized","appcode":10020,"apperror":"Invalid token","message":"10020 Invalid token","callid":"1","time":1}}"#;
-    let proxy = CannedHttp::start("401 Unauthorized", "application/json", own_401);
-    let fake = fake(vec![]);
-    let auth = authenticator(&fake, &[("spark.kbase.auth.url", &proxy.url)]);
-    assert_eq!(denied(call(&auth, &new_token("x"))).reason, Reason::Invalid);
 }
 
 /// The breaker counted one token's odd answer as a service failure, and an invalid answer reset it.

@@ -1,12 +1,13 @@
 //! The control API, on its own port so it keeps answering while the Auth2 port refuses.
 //!
 //! `POST /tokens` (an entry or an array of entries), `POST /revoke {"token":T}`,
-//! `POST /fault {"mode":…,"delay_ms":N}`, `GET /fault`, `GET /counts`, `POST /reset`,
+//! `POST /fault {"mode":…,"delay_ms":N}`, `GET /fault`, `GET /counts` (`total`, `by_token`,
+//! `untracked`, and `redirected`: requests the redirect target received), `POST /reset`,
 //! `GET /health`. Bad requests get 400 with `{"error": message}`.
 
 use crate::model::{Fault, TokenEntry};
 use crate::respond::{json, text, Body};
-use crate::server::{accept_error_pause, spawn_connection};
+use crate::server::accept_forever;
 use crate::state::State;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -17,26 +18,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 const MAX_BODY: usize = 1 << 20;
 /// Bound on waiting for the Auth2 listener to close or rebind after a fault change.
 pub(crate) const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(state: Arc<State>, listener: TcpListener) {
-    let mut conns: JoinSet<()> = JoinSet::new();
-    loop {
-        tokio::select! {
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let st = state.clone();
-                    spawn_connection(&mut conns, stream, move |req| handle(st.clone(), req));
-                }
-                Err(_) => accept_error_pause().await,
-            },
-        }
-    }
+    accept_forever(listener, move |req| handle(state.clone(), req)).await
 }
 
 fn bad(msg: impl Into<String>) -> Response<Body> {
@@ -63,7 +51,7 @@ struct FaultReq {
 
 fn fault_json(f: &Fault) -> Value {
     match f {
-        Fault::Delay(d) => j!({ "mode": f.mode_name(), "delay_ms": d.as_millis() as u64 }),
+        Fault::Delay(d) | Fault::LateAnswer(d) => j!({ "mode": f.mode_name(), "delay_ms": d.as_millis() as u64 }),
         _ => j!({ "mode": f.mode_name() }),
     }
 }
@@ -79,7 +67,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         (&Method::GET, "/health") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/counts") => {
             let (total, by_token, untracked) = state.counts();
-            ok(j!({ "total": total, "by_token": by_token, "untracked": untracked }))
+            let redirected = state.redirected();
+            ok(j!({ "total": total, "by_token": by_token, "untracked": untracked, "redirected": redirected }))
         }
         (&Method::POST, "/reset") => {
             state.reset_counts();

@@ -5,9 +5,13 @@
 //! code under test blocks a thread while talking to the fake (a sync client inside
 //! `#[tokio::test]` would otherwise starve the fake on a current-thread runtime).
 //! As a process: the `fake-auth2` binary, driven through its control port.
+//!
+//! With [`FakeConfig::tls`] the Auth2 port speaks HTTPS (certificates from [`pki`], or PEM
+//! files); the control port and the redirect target stay plain HTTP on loopback.
 
 mod control;
 pub mod model;
+pub mod pki;
 mod respond;
 mod server;
 mod state;
@@ -38,6 +42,48 @@ pub struct FakeConfig {
     /// Port of the control API (0 = ephemeral); `None` runs no control server.
     pub control_port: Option<u16>,
     pub allow_non_loopback: bool,
+    /// Serve the Auth2 port over HTTPS with this certificate chain and key.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server certificate chain and its private key, both PEM.
+#[derive(Clone, Debug)]
+pub struct TlsIdentity {
+    pub cert_chain_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl TlsIdentity {
+    /// Reads PEM files (as the binary's `--tls-cert`/`--tls-key` name them).
+    pub fn from_files(cert: &std::path::Path, key: &std::path::Path) -> io::Result<TlsIdentity> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(TlsIdentity { cert_chain_pem: read(cert)?, key_pem: read(key)? })
+    }
+
+    fn acceptor(&self) -> io::Result<tokio_rustls::TlsAcceptor> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad =
+            |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad("TLS certificate chain", &e))?;
+        if certs.is_empty() {
+            return Err(bad("TLS certificate chain", &"no PEM certificate"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| bad("TLS private key", &e))?;
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS protocol versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad("TLS certificate/key", &e))?;
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+    }
 }
 
 impl Default for FakeConfig {
@@ -50,6 +96,7 @@ impl Default for FakeConfig {
             tokens: Vec::new(),
             control_port: None,
             allow_non_loopback: false,
+            tls: None,
         }
     }
 }
@@ -83,6 +130,12 @@ impl FakeConfig {
         self.control_port = Some(port);
         self
     }
+
+    /// Serves the Auth2 port over HTTPS with `identity`.
+    pub fn tls(mut self, identity: TlsIdentity) -> Self {
+        self.tls = Some(identity);
+        self
+    }
 }
 
 /// A running fake. Dropping it stops the server: tasks aborted, sockets closed.
@@ -90,6 +143,7 @@ pub struct FakeAuth2 {
     state: Arc<State>,
     addr: SocketAddr,
     control_addr: Option<SocketAddr>,
+    tls: bool,
     tasks: Vec<AbortHandle>,
     /// Present when started with [`FakeAuth2::start_blocking`].
     runtime: Option<tokio::runtime::Runtime>,
@@ -104,7 +158,12 @@ impl FakeAuth2 {
                 format!("refusing to bind non-loopback address {} (allow_non_loopback is off)", cfg.bind),
             ));
         }
-        let state = Arc::new(State::new(model::normalize_prefix(&cfg.prefix), cfg.cachefor_ms));
+        let acceptor = cfg.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
+        // The redirect target always runs (on an ephemeral port of the same address): the
+        // `redirect` fault can be switched on at any time.
+        let redirect_listener = server::bind(SocketAddr::new(cfg.bind, 0))?;
+        let redirect_addr = redirect_listener.local_addr()?;
+        let state = Arc::new(State::new(model::normalize_prefix(&cfg.prefix), cfg.cachefor_ms, redirect_addr));
         for t in cfg.tokens {
             state.add_token(t);
         }
@@ -116,11 +175,15 @@ impl FakeAuth2 {
         };
         let control_addr = control.as_ref().map(|l| l.local_addr()).transpose()?;
 
-        let mut tasks = vec![tokio::spawn(server::run(state.clone(), addr, listener)).abort_handle()];
+        let tls = acceptor.is_some();
+        let mut tasks = vec![
+            tokio::spawn(server::run(state.clone(), addr, listener, acceptor)).abort_handle(),
+            tokio::spawn(server::run_redirect_target(state.clone(), redirect_listener)).abort_handle(),
+        ];
         if let Some(l) = control {
             tasks.push(tokio::spawn(control::run(state.clone(), l)).abort_handle());
         }
-        Ok(FakeAuth2 { state, addr, control_addr, tasks, runtime: None })
+        Ok(FakeAuth2 { state, addr, control_addr, tls, tasks, runtime: None })
     }
 
     /// Starts on a runtime of its own (one worker thread), callable from any context.
@@ -142,9 +205,28 @@ impl FakeAuth2 {
         Ok(fake)
     }
 
-    /// Auth2 root URL with trailing slash, e.g. "http://127.0.0.1:PORT/services/auth/".
+    /// Auth2 root URL with trailing slash, e.g. "http://127.0.0.1:PORT/services/auth/"
+    /// ("https://" when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}{}/", self.addr, self.state.prefix)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}/", self.addr, self.state.prefix)
+    }
+
+    /// The same root with `host` instead of the IP address (e.g. "localhost", to match a
+    /// certificate's DNS name).
+    pub fn url_with_host(&self, host: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{host}:{}{}/", self.addr.port(), self.state.prefix)
+    }
+
+    /// Where the `redirect` fault points: a plain-HTTP listener serving the same API.
+    pub fn redirect_target(&self) -> SocketAddr {
+        self.state.redirect_target
+    }
+
+    /// Requests the redirect target has received (any path) since start or the last reset.
+    pub fn redirected_requests(&self) -> u64 {
+        self.state.redirected()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -1,6 +1,6 @@
 //! `fake-auth2` as a process, for end-to-end tests: the Auth2 port plus a control port.
 
-use fake_auth2::{FakeAuth2, FakeConfig, TokenFile};
+use fake_auth2::{FakeAuth2, FakeConfig, TlsIdentity, TokenFile};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 const USAGE: &str = "usage: fake-auth2 [--port P] [--bind ADDR] [--allow-non-loopback] [--control-port P]
                   [--tokens FILE] [--prefix /PATH] [--cachefor MS] [--max-lifetime-secs N]
-                  [--ready-file PATH]
+                  [--ready-file PATH] [--tls-cert PEM --tls-key PEM]
   --port P               Auth2 port, 0 = ephemeral (default 0)
   --bind ADDR            address to bind (default 127.0.0.1; loopback only unless --allow-non-loopback)
   --control-port P       control API port, 0 = ephemeral (default 0)
@@ -17,7 +17,27 @@ const USAGE: &str = "usage: fake-auth2 [--port P] [--bind ADDR] [--allow-non-loo
   --prefix /PATH         serve the Auth2 root at /PATH/ instead of /
   --cachefor MS          default cachefor for tokens (default 300000; the tokens file wins)
   --max-lifetime-secs N  exit by itself after N seconds (default 3600)
-  --ready-file PATH      once listening, write {url,control_url,port,control_port,pid} there";
+  --ready-file PATH      once listening, write {url,control_url,port,control_port,redirect_port,pid} there
+  --tls-cert PEM         serve the Auth2 port over HTTPS with this certificate chain (needs --tls-key)
+  --tls-key PEM          the certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM)
+
+control API (plain HTTP on the control port):
+  POST /tokens {entry} or [entries]   GET /counts   POST /reset   GET /health
+  POST /revoke {\"token\":T}           GET /fault    POST /fault {\"mode\":M[,\"delay_ms\":N]}
+fault modes (affect /api/V2/token and /api/V2/me only):
+  none           normal answers; 401/400 carry Auth2's error JSON (appcode 10020 / 10010)
+  refuse         the Auth2 port is closed (connects get ECONNREFUSED)
+  delay          answer normally after delay_ms
+  late_answer    look the token up on arrival, answer after delay_ms (the token may expire meanwhile)
+  status503      503 with an Auth2-style JSON error
+  html502        502 with nginx's HTML error page
+  malformed      200 application/json with a truncated body
+  nouser         200 token JSON without 'user'
+  ignore_expiry  200 for expired tokens, with their past 'expires'
+  status400html  400 with an HTML body (a proxy or WAF in front of Auth2)
+  status400json  400 with JSON that is not Auth2's error object
+  redirect       302 to the redirect target, a second listener that serves the same API;
+                 GET /counts reports its requests as 'redirected'";
 
 struct Args {
     cfg: FakeConfig,
@@ -25,6 +45,8 @@ struct Args {
     cachefor: Option<u64>,
     max_lifetime: Duration,
     ready_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -34,6 +56,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         cachefor: None,
         max_lifetime: Duration::from_secs(3600),
         ready_file: None,
+        tls_cert: None,
+        tls_key: None,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
         v.parse().map_err(|_| format!("{flag}: not a valid number: {v:?}"))
@@ -59,8 +83,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 n => a.max_lifetime = Duration::from_secs(n),
             },
             "--ready-file" => a.ready_file = Some(v.into()),
+            "--tls-cert" => a.tls_cert = Some(v.into()),
+            "--tls-key" => a.tls_key = Some(v.into()),
             _ => return Err(format!("unknown option {flag:?}")),
         }
+    }
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
     }
     Ok(a)
 }
@@ -83,6 +112,7 @@ fn write_ready_file(path: &Path, fake: &FakeAuth2) -> std::io::Result<()> {
         "control_url": fake.control_url(),
         "port": fake.addr().port(),
         "control_port": control,
+        "redirect_port": fake.redirect_target().port(),
         "pid": std::process::id(),
     });
     let mut tmp = path.as_os_str().to_owned();
@@ -128,6 +158,15 @@ fn main() -> ExitCode {
         if let Err(msg) = load_tokens(path, &mut args.cfg) {
             eprintln!("fake-auth2: {msg}");
             return ExitCode::from(2);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match TlsIdentity::from_files(cert, key) {
+            Ok(id) => args.cfg.tls = Some(id),
+            Err(e) => {
+                eprintln!("fake-auth2: {e}");
+                return ExitCode::from(2);
+            }
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -211,11 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn usage_names_every_fault_mode() {
+        for mode in fake_auth2::Fault::MODES {
+            assert!(USAGE.contains(&format!("\n  {mode} ")), "usage does not document mode {mode}");
+        }
+    }
+
+    #[test]
     fn bad_flags() {
         assert!(parse(&["--port"]).is_err());
         assert!(parse(&["--port", "x"]).is_err());
         assert!(parse(&["--bind", "localhost"]).is_err());
         assert!(parse(&["--max-lifetime-secs", "0"]).is_err());
         assert!(parse(&["--what", "1"]).is_err());
+        assert!(parse(&["--tls-cert", "/c.pem"]).is_err(), "a certificate without its key");
+        assert!(parse(&["--tls-key", "/k.pem"]).is_err(), "a key without its certificate");
+        let a = parse(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"]).unwrap();
+        assert_eq!((a.tls_cert.unwrap(), a.tls_key.unwrap()), (PathBuf::from("/c.pem"), PathBuf::from("/k.pem")));
     }
 }

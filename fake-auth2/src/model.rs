@@ -144,6 +144,9 @@ pub enum Fault {
     Refuse,
     /// Answer normally after this delay.
     Delay(Duration),
+    /// Look the token up on arrival, answer after this delay: a slow Auth2 whose answer is
+    /// already stale when it arrives (a token may expire in between).
+    LateAnswer(Duration),
     /// 503 with a JSON error body.
     Status503,
     /// 502 with nginx's HTML error page.
@@ -154,9 +157,33 @@ pub enum Fault {
     NoUser,
     /// 200 for expired tokens, reporting their past `expires` (a server that does not check).
     IgnoreExpiry,
+    /// 400 with an HTML body, as a proxy or web application firewall in front of Auth2 sends.
+    Status400Html,
+    /// 400 with JSON that is not Auth2's error object (e.g. a gateway's own error format).
+    Status400Json,
+    /// 302 with `Location` on the fake's redirect target: a second listener that answers like
+    /// the fake (a client that followed would get a real answer) and counts every request it
+    /// receives, so a test can prove the token never left for another place.
+    Redirect,
 }
 
 impl Fault {
+    /// Every mode name the control API accepts.
+    pub const MODES: &'static [&'static str] = &[
+        "none",
+        "refuse",
+        "delay",
+        "late_answer",
+        "status503",
+        "html502",
+        "malformed",
+        "nouser",
+        "ignore_expiry",
+        "status400html",
+        "status400json",
+        "redirect",
+    ];
+
     /// Parses the control API's `{"mode": …, "delay_ms": …}`.
     pub fn parse(mode: &str, delay_ms: Option<u64>) -> Result<Fault, String> {
         Ok(match mode {
@@ -166,16 +193,19 @@ impl Fault {
                 Some(ms) => Fault::Delay(Duration::from_millis(ms)),
                 None => return Err("mode \"delay\" needs \"delay_ms\"".to_string()),
             },
+            "late_answer" => match delay_ms {
+                Some(ms) => Fault::LateAnswer(Duration::from_millis(ms)),
+                None => return Err("mode \"late_answer\" needs \"delay_ms\"".to_string()),
+            },
             "status503" => Fault::Status503,
             "html502" => Fault::Html502,
             "malformed" => Fault::Malformed,
             "nouser" => Fault::NoUser,
             "ignore_expiry" => Fault::IgnoreExpiry,
-            other => {
-                return Err(format!(
-                "unknown mode {other:?}; expected none|refuse|delay|status503|html502|malformed|nouser|ignore_expiry"
-            ))
-            }
+            "status400html" => Fault::Status400Html,
+            "status400json" => Fault::Status400Json,
+            "redirect" => Fault::Redirect,
+            other => return Err(format!("unknown mode {other:?}; expected {}", Fault::MODES.join("|"))),
         })
     }
 
@@ -185,11 +215,15 @@ impl Fault {
             Fault::None => "none",
             Fault::Refuse => "refuse",
             Fault::Delay(_) => "delay",
+            Fault::LateAnswer(_) => "late_answer",
             Fault::Status503 => "status503",
             Fault::Html502 => "html502",
             Fault::Malformed => "malformed",
             Fault::NoUser => "nouser",
             Fault::IgnoreExpiry => "ignore_expiry",
+            Fault::Status400Html => "status400html",
+            Fault::Status400Json => "status400json",
+            Fault::Redirect => "redirect",
         }
     }
 }
@@ -253,9 +287,13 @@ mod tests {
 
     #[test]
     fn fault_parse_roundtrip() {
-        for m in ["none", "refuse", "status503", "html502", "malformed", "nouser", "ignore_expiry"] {
+        for &m in Fault::MODES.iter().filter(|m| !["delay", "late_answer"].contains(*m)) {
             assert_eq!(Fault::parse(m, None).unwrap().mode_name(), m);
         }
+        assert_eq!(Fault::MODES.len(), 12);
+        let late = Fault::parse("late_answer", Some(250)).unwrap();
+        assert_eq!((late.mode_name(), &late), ("late_answer", &Fault::LateAnswer(Duration::from_millis(250))));
+        assert!(Fault::parse("late_answer", None).is_err());
         assert_eq!(Fault::parse("delay", Some(250)).unwrap(), Fault::Delay(Duration::from_millis(250)));
         assert!(Fault::parse("delay", None).is_err());
         assert!(Fault::parse("slow", None).is_err());

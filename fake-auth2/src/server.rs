@@ -5,7 +5,7 @@ use crate::model::{now_ms, Fault, MeReply, TokenReply};
 use crate::respond::{json, with_type, Body};
 use crate::state::{Applied, State, Stored};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, AUTHORIZATION};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -15,8 +15,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 pub(crate) const VERSION: &str = "0.7.2-fake";
 
@@ -26,6 +28,13 @@ pub(crate) const NGINX_502: &str = "<html>\r\n<head><title>502 Bad Gateway</titl
 
 /// A JSON body cut off mid-field.
 pub(crate) const MALFORMED_BODY: &str = r#"{"user": "alice", "expi"#;
+
+/// What nginx (or a WAF in front of Auth2) answers to a request it will not pass on.
+pub(crate) const NGINX_400: &str = "<html>\r\n<head><title>400 Bad Request</title></head>\r\n<body>\r\n\
+<center><h1>400 Bad Request</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+/// A 400 in a gateway's own JSON format: valid JSON, but not Auth2's `{"error": {...}}` object.
+pub(crate) const GATEWAY_400_JSON: &str = r#"{"message":"Bad Request","code":"REQUEST_BLOCKED","status":400}"#;
 
 /// Binds with SO_REUSEADDR so that leaving `refuse` can rebind the same port even while
 /// connections we closed sit in TIME_WAIT.
@@ -56,11 +65,44 @@ where
     Fut: std::future::Future<Output = Result<Response<Body>, E>> + Send + 'static,
     E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
 {
+    spawn_maybe_tls(conns, stream, None, handler);
+}
+
+/// Like [`spawn_connection`], with a TLS handshake first when `tls` is set. A failed handshake
+/// (a client that does not trust the certificate, say) just ends the connection.
+pub(crate) fn spawn_maybe_tls<F, Fut, E>(
+    conns: &mut JoinSet<()>,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
     // Small request/response exchanges: Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     conns.spawn(async move {
-        let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handler)).await;
+        match tls {
+            None => serve(stream, handler).await,
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                if let Ok(Ok(tls_stream)) = handshake.await {
+                    serve(tls_stream, handler).await;
+                }
+            }
+        }
     });
+}
+
+async fn serve<S, F, Fut, E>(stream: S, handler: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handler)).await;
 }
 
 /// Accept errors such as EMFILE are transient; pause instead of spinning.
@@ -70,7 +112,7 @@ pub(crate) async fn accept_error_pause() {
 
 /// Owns the Auth2 listening socket and every connection on it, so that `refuse` can close
 /// the socket and drop all open connections, and leaving `refuse` can rebind.
-pub(crate) async fn run(state: Arc<State>, addr: SocketAddr, initial: TcpListener) {
+pub(crate) async fn run(state: Arc<State>, addr: SocketAddr, initial: TcpListener, tls: Option<TlsAcceptor>) {
     let mut faults = state.fault_tx.subscribe();
     let mut listener = Some(initial);
     let mut conns: JoinSet<()> = JoinSet::new();
@@ -104,7 +146,7 @@ pub(crate) async fn run(state: Arc<State>, addr: SocketAddr, initial: TcpListene
                 accepted = l.accept() => match accepted {
                     Ok((stream, _)) => {
                         let st = state.clone();
-                        spawn_connection(&mut conns, stream, move |req| handle(st.clone(), req));
+                        spawn_maybe_tls(&mut conns, stream, tls.clone(), move |req| handle(st.clone(), req, Origin::Auth2));
                     }
                     Err(_) => accept_error_pause().await,
                 },
@@ -116,6 +158,40 @@ pub(crate) async fn run(state: Arc<State>, addr: SocketAddr, initial: TcpListene
             }
         }
     }
+}
+
+/// The redirect target: a second plain-HTTP listener that serves the same API with the same
+/// tokens (never a fault), so that a client following the `redirect` fault would get a real
+/// answer. Every request it receives is counted.
+pub(crate) async fn run_redirect_target(state: Arc<State>, listener: TcpListener) {
+    accept_forever(listener, move |req| handle(state.clone(), req, Origin::RedirectTarget)).await
+}
+
+/// Accepts on `listener` until the task is aborted, serving each connection with `handler`
+/// (the control API and the redirect target; the Auth2 port has its own loop for `refuse`).
+pub(crate) async fn accept_forever<F, Fut, E>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let mut conns: JoinSet<()> = JoinSet::new();
+    loop {
+        tokio::select! {
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn_connection(&mut conns, stream, handler.clone()),
+                Err(_) => accept_error_pause().await,
+            },
+        }
+    }
+}
+
+/// Which listener a request arrived on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Auth2,
+    RedirectTarget,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -185,7 +261,10 @@ fn drop_connection() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "fault mode refuse")
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+async fn handle(state: Arc<State>, req: Request<Incoming>, origin: Origin) -> Result<Response<Body>, io::Error> {
+    if origin == Origin::RedirectTarget {
+        state.count_redirected();
+    }
     let route = route(&state.prefix, req.uri().path());
     if route == Route::NotFound {
         return Ok(error(&state, StatusCode::NOT_FOUND, None, "HTTP 404 Not Found".into()));
@@ -199,7 +278,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             StatusCode::OK,
             &RootReply { servicename: "Authentication Service", version: VERSION, servertime: now_ms() },
         )),
-        _ => token_endpoint(&state, route, req.headers()).await,
+        _ => {
+            let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            token_endpoint(&state, route, req.headers(), origin, path_and_query).await
+        }
     }
 }
 
@@ -211,10 +293,22 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
     (!t.is_empty()).then_some(t)
 }
 
-async fn token_endpoint(state: &State, route: Route, headers: &HeaderMap) -> Result<Response<Body>, io::Error> {
+async fn token_endpoint(
+    state: &State,
+    route: Route,
+    headers: &HeaderMap,
+    origin: Origin,
+    path_and_query: &str,
+) -> Result<Response<Body>, io::Error> {
     let token = header_token(headers);
-    state.count(token.as_deref());
-    let fault = state.fault();
+    // The redirect target counts on its own (`redirected`) and never applies a fault.
+    let fault = match origin {
+        Origin::Auth2 => {
+            state.count(token.as_deref());
+            state.fault()
+        }
+        Origin::RedirectTarget => Fault::None,
+    };
     match &fault {
         // Only reached in the moment before the listener task closes everything.
         Fault::Refuse => return Err(drop_connection()),
@@ -225,6 +319,16 @@ async fn token_endpoint(state: &State, route: Route, headers: &HeaderMap) -> Res
         }
         Fault::Html502 => return Ok(with_type(StatusCode::BAD_GATEWAY, "text/html", NGINX_502)),
         Fault::Malformed => return Ok(with_type(StatusCode::OK, "application/json", MALFORMED_BODY)),
+        Fault::Status400Html => return Ok(with_type(StatusCode::BAD_REQUEST, "text/html", NGINX_400)),
+        Fault::Status400Json => return Ok(with_type(StatusCode::BAD_REQUEST, "application/json", GATEWAY_400_JSON)),
+        Fault::Redirect => {
+            let location = format!("http://{}{}", state.redirect_target, path_and_query);
+            let mut r = with_type(StatusCode::FOUND, "text/html", "<html><body>Moved</body></html>");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(LOCATION, v);
+            }
+            return Ok(r);
+        }
         Fault::NoUser => {
             // A broken server: answers without checking the token, and without `user`.
             let stored = token
@@ -233,16 +337,24 @@ async fn token_endpoint(state: &State, route: Route, headers: &HeaderMap) -> Res
                 .unwrap_or_else(|| placeholder(state, token.as_deref().unwrap_or("")));
             return Ok(reply(state, route, &stored, false));
         }
-        Fault::None | Fault::IgnoreExpiry => {}
+        Fault::None | Fault::IgnoreExpiry | Fault::LateAnswer(_) => {}
     }
+    let answer = answer_for(state, route, token.as_deref(), fault != Fault::IgnoreExpiry);
+    if let Fault::LateAnswer(d) = fault {
+        tokio::time::sleep(d).await;
+    }
+    Ok(answer)
+}
+
+/// Auth2's answer for `token` as of now.
+fn answer_for(state: &State, route: Route, token: Option<&str>, check_expiry: bool) -> Response<Body> {
     let Some(token) = token else {
-        return Ok(app_error(state, StatusCode::BAD_REQUEST, 10010, "No authentication token"));
+        return app_error(state, StatusCode::BAD_REQUEST, 10010, "No authentication token");
     };
-    let check_expiry = fault != Fault::IgnoreExpiry;
     let now = now_ms();
-    match state.lookup(&token) {
-        Some(s) if !s.revoked && (!check_expiry || s.expires > now) => Ok(reply(state, route, &s, true)),
-        _ => Ok(app_error(state, StatusCode::UNAUTHORIZED, 10020, "Invalid token")),
+    match state.lookup(token) {
+        Some(s) if !s.revoked && (!check_expiry || s.expires > now) => reply(state, route, &s, true),
+        _ => app_error(state, StatusCode::UNAUTHORIZED, 10020, "Invalid token"),
     }
 }
 

@@ -7,6 +7,7 @@ use crate::model::{now_ms, Fault, TokenEntry, DEFAULT_EXPIRES_IN_MS};
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
@@ -55,6 +56,10 @@ pub(crate) struct Counts {
 pub(crate) struct State {
     pub prefix: String,
     pub default_cachefor: u64,
+    /// Address of the redirect target listener (where the `redirect` fault points).
+    pub redirect_target: SocketAddr,
+    /// Requests the redirect target received.
+    redirected: AtomicU64,
     tokens: Mutex<HashMap<String, Stored>>,
     counts: Mutex<Counts>,
     total: AtomicU64,
@@ -65,10 +70,12 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(prefix: String, default_cachefor: u64) -> State {
+    pub fn new(prefix: String, default_cachefor: u64, redirect_target: SocketAddr) -> State {
         State {
             prefix,
             default_cachefor,
+            redirect_target,
+            redirected: AtomicU64::new(0),
             tokens: Mutex::new(HashMap::new()),
             counts: Mutex::new(Counts::default()),
             total: AtomicU64::new(0),
@@ -165,6 +172,15 @@ impl State {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Counts one request (any path) received by the redirect target.
+    pub fn count_redirected(&self) {
+        self.redirected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn redirected(&self) -> u64 {
+        self.redirected.load(Ordering::Relaxed)
+    }
+
     /// Snapshot of (total, per-token, untracked).
     pub fn counts(&self) -> (u64, HashMap<String, u64>, u64) {
         let c = lock(&self.counts);
@@ -176,6 +192,7 @@ impl State {
         c.by_token.clear();
         c.untracked = 0;
         self.total.store(0, Ordering::Relaxed);
+        self.redirected.store(0, Ordering::Relaxed);
     }
 }
 
@@ -185,7 +202,7 @@ mod tests {
 
     #[test]
     fn uuid_shape_and_uniqueness() {
-        let s = State::new(String::new(), 1);
+        let s = State::new(String::new(), 1, "127.0.0.1:9".parse().unwrap());
         let a = s.new_uuid();
         let parts: Vec<_> = a.split('-').map(str::len).collect();
         assert_eq!(parts, vec![8, 4, 4, 4, 12], "{a}");
@@ -195,7 +212,7 @@ mod tests {
 
     #[test]
     fn expiry_resolution_and_revocation() {
-        let s = State::new(String::new(), 1);
+        let s = State::new(String::new(), 1, "127.0.0.1:9".parse().unwrap());
         let before = now_ms();
         s.add_token(TokenEntry::new("a", "u"));
         s.add_token(TokenEntry::new("b", "u").expires_at_ms(5));
@@ -214,13 +231,16 @@ mod tests {
 
     #[test]
     fn counting() {
-        let s = State::new(String::new(), 1);
+        let s = State::new(String::new(), 1, "127.0.0.1:9".parse().unwrap());
         s.count(Some("a"));
         s.count(Some("a"));
         s.count(None);
         assert_eq!(s.requests_for("a"), 2);
         assert_eq!(s.total_requests(), 3);
+        s.count_redirected();
+        assert_eq!(s.redirected(), 1);
+        assert_eq!(s.total_requests(), 3, "the redirect target counts on its own");
         s.reset_counts();
-        assert_eq!((s.requests_for("a"), s.total_requests()), (0, 0));
+        assert_eq!((s.requests_for("a"), s.total_requests(), s.redirected()), (0, 0, 0));
     }
 }

@@ -165,7 +165,7 @@ async fn binary_end_to_end_with_control_api() {
     );
     let t = Instant::now();
     assert_eq!(get(auth, TOKEN, Some("T1")).await.unwrap().status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(200));
+    assert!(t.elapsed() >= Duration::from_millis(200), "the delay was not applied");
 
     // refuse: the Auth2 port is closed once the control call returns; control still works.
     assert_eq!(post_json(ctl, "/fault", &json!({"mode": "refuse"})).await.unwrap().status, 200);
@@ -175,19 +175,38 @@ async fn binary_end_to_end_with_control_api() {
     assert_eq!(post_json(ctl, "/fault", &json!({"mode": "none"})).await.unwrap().status, 200);
     assert_eq!(get(auth, TOKEN, Some("T1")).await.unwrap().status, 200);
 
-    for (mode, status) in [("status503", 503), ("html502", 502), ("malformed", 200), ("nouser", 200)] {
-        post_json(ctl, "/fault", &json!({"mode": mode})).await.unwrap();
+    for (mode, status) in [
+        ("status503", 503),
+        ("html502", 502),
+        ("malformed", 200),
+        ("nouser", 200),
+        ("status400html", 400),
+        ("status400json", 400),
+        ("redirect", 302),
+    ] {
+        let r = post_json(ctl, "/fault", &json!({"mode": mode})).await.unwrap();
+        assert_eq!(r.status, 200, "{mode}: {}", r.text());
         assert_eq!(get(auth, TOKEN, Some("T1")).await.unwrap().status, status, "{mode}");
     }
+    // The redirect points at the redirect target named in the ready file, which answers.
+    let r = get(auth, TOKEN, Some("T1")).await.unwrap();
+    let location = r.header("location").unwrap().to_string();
+    let redirect_port = info["redirect_port"].as_u64().unwrap();
+    assert_eq!(location, format!("http://127.0.0.1:{redirect_port}{TOKEN}"));
+    assert_eq!(get(port_addr(&info, "redirect_port"), TOKEN, Some("T1")).await.unwrap().json()["user"], "alice");
     post_json(ctl, "/fault", &json!({"mode": "none"})).await.unwrap();
 
     let c = get(ctl, "/counts", None).await.unwrap().json();
-    assert_eq!(c["by_token"]["T1"], 8, "{c}");
+    assert_eq!(c["by_token"]["T1"], 12, "{c}");
     assert_eq!(c["by_token"]["T2"], 2, "{c}");
     assert_eq!(c["by_token"]["T3"], 2, "{c}");
-    assert_eq!(c["total"], 12, "{c}");
+    assert_eq!(c["total"], 16, "{c}");
+    assert_eq!(c["redirected"], 1, "{c}");
     assert_eq!(post_json(ctl, "/reset", &json!({})).await.unwrap().status, 200);
-    assert_eq!(get(ctl, "/counts", None).await.unwrap().json(), json!({"total": 0, "by_token": {}, "untracked": 0}));
+    assert_eq!(
+        get(ctl, "/counts", None).await.unwrap().json(),
+        json!({"total": 0, "by_token": {}, "untracked": 0, "redirected": 0})
+    );
 
     // Control errors: 400 with a message.
     for (path, body) in [

@@ -6,8 +6,8 @@ Two long-lived Spark Connect servers, each with its own fake Auth2, are shared b
   MFA required (``dave`` exempt), default cache settings, 2 s request timeout.
 * ``short`` - seed-style configuration: owner from ``USER=alice`` and the Auth2 URL from
   ``KBASE_AUTH_URL`` (no ``spark.kbase.auth.owner``/``url``), custom role ``spark_user``
-  required, a 3 s positive and 1 s negative cache, 2 s request timeout; the fault-injection tests
-  run here.
+  required, a 3 s positive and 1 s negative cache, 2 s request timeout, a new-token budget too
+  large to matter; the fault-injection tests run here.
 
 Both start in parallel on first use and are stopped at the end of the session (and at
 interpreter exit). Everything each test run writes is under ``.e2e-work/run-*/``.
@@ -15,7 +15,7 @@ interpreter exit). Everything each test run writes is under ``.e2e-work/run-*/``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -71,10 +71,16 @@ class Env:
     server: SparkServer
     fake: FakeAuth2
     t: dict  # name -> token
+    owner_fields: dict = field(default_factory=dict)  # what this server's policy requires
 
     @property
     def target(self) -> str:
         return self.server.target
+
+    def owner_token(self, reg: TokenRegistry, **fields) -> str:
+        """A new token of the owner ``alice`` that this server's policy admits, known to its fake
+        (``fields`` add to or override the policy's, e.g. ``expires_in_ms``)."""
+        return self.fake.add_token(reg.new(), "alice", **{**self.owner_fields, **fields})
 
 
 def _main_tokens(reg: TokenRegistry) -> tuple[dict, list]:
@@ -135,10 +141,15 @@ def envs(workdir, tokens, all_servers) -> dict:
         "spark.kbase.auth.connectTimeout": "1s",
         "spark.kbase.auth.requestTimeout": "2s",
         "spark.kbase.auth.failFast.cooldown": "1s",
+        # The fault tests send many new tokens in quick succession; the new-token budget has its
+        # own tests (test_owner_keeps_working.py), here it would only make them order-dependent.
+        "spark.kbase.auth.newTokens.perSecond": "1000",
+        "spark.kbase.auth.newTokens.burst": "1000",
     }, env={"USER": "alice", "KBASE_AUTH_URL": fake_short.url})
     all_servers.extend([main, short])
     harness.start_servers([main, short])
-    yield {"main": Env(main, fake_main, mt), "short": Env(short, fake_short, st)}
+    yield {"main": Env(main, fake_main, mt, {"mfa": "Used"}),
+           "short": Env(short, fake_short, st, {"customroles": ["spark_user"]})}
     for s in (main, short):
         s.stop()
     fake_main.stop()

@@ -290,8 +290,9 @@ class FakeAuth2:
     """The fake KBase Auth2 server (fake-auth2 binary) and its control API."""
 
     def __init__(self, workdir: Path, name: str, tokens: Iterable[dict], cachefor_ms: int = 300_000,
-                 max_lifetime_secs: int = MAX_SERVER_SECS):
+                 max_lifetime_secs: int = MAX_SERVER_SECS, extra_args: Sequence[str] = ()):
         self.name = name
+        self.extra_args = list(extra_args)  # e.g. ["--tls-cert", CERT, "--tls-key", KEY]
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tokens_file = self.dir / "tokens.json"
@@ -306,7 +307,8 @@ class FakeAuth2:
     def start(self, timeout: float = 30.0) -> "FakeAuth2":
         binary = find_fake_auth2()
         argv = [str(binary), "--port", "0", "--control-port", "0", "--tokens", str(self.tokens_file),
-                "--ready-file", str(self.ready_file), "--max-lifetime-secs", str(self.max_lifetime_secs)]
+                "--ready-file", str(self.ready_file), "--max-lifetime-secs", str(self.max_lifetime_secs),
+                *self.extra_args]
         self.proc = ManagedProcess(f"fake-auth2[{self.name}]", argv, self.dir / "fake-auth2.log",
                                    base_env(), self.dir)
 
@@ -355,6 +357,8 @@ class FakeAuth2:
         self._call("POST", "/revoke", {"token": token})
 
     def fault(self, mode: str, delay_ms: Optional[int] = None) -> None:
+        """Sets the fault mode (see `fake-auth2 --help`): none, refuse, delay, late_answer, status503,
+        html502, malformed, nouser, ignore_expiry, status400html, status400json, redirect."""
         body = {"mode": mode}
         if delay_ms is not None:
             body["delay_ms"] = delay_ms
@@ -371,6 +375,10 @@ class FakeAuth2:
 
     def reset(self) -> None:
         self._call("POST", "/reset", {})
+
+    def redirected(self) -> int:
+        """Requests the redirect target (where the `redirect` fault points) has received."""
+        return int(self.counts()["redirected"])
 
 
 # ----------------------------------------------------------------------------- raw gRPC
@@ -464,12 +472,17 @@ def config_rpc(target: str, metadata: Sequence[tuple] = (), timeout: float = 20.
 def concurrent_config_rpcs(target: str, metadata: Sequence[tuple], n: int,
                            timeout: float = 30.0) -> list:
     """``n`` Config RPCs issued at once (futures on one HTTP/2 connection); their outcomes."""
+    return concurrent_rpcs(target, [metadata] * n, timeout)
+
+
+def concurrent_rpcs(target: str, metadatas: Sequence[Sequence[tuple]], timeout: float = 30.0) -> list:
+    """One Config RPC per entry of ``metadatas``, all issued at once; their outcomes in order
+    (``elapsed`` counts from the start of the whole batch)."""
     import grpc
 
     stub = _stub(target, None)
     t0 = time.monotonic()
-    futs = [stub.Config.future(config_request(), metadata=list(metadata), timeout=timeout)
-            for _ in range(n)]
+    futs = [stub.Config.future(config_request(), metadata=list(m), timeout=timeout) for m in metadatas]
     out = []
     for f in futs:
         try:
@@ -668,6 +681,24 @@ def spark_query(url: str) -> list:
             pass
 
 
+def expect_pyspark_denied(action, code: str, *phrases: str, secrets: Sequence[str] = ()) -> str:
+    """Runs ``action`` (pyspark client work, e.g. ``lambda: spark_query(url)``), which must fail
+    with gRPC status ``code`` and a message containing every phrase (case-insensitive) and no
+    secret; returns the error text."""
+    try:
+        action()
+    except Exception as e:  # noqa: BLE001 - pyspark raises its own exception types
+        msg = str(e)
+    else:
+        raise AssertionError(f"expected {code}, but the pyspark call succeeded")
+    assert code in msg, f"expected {code} in: {msg}"
+    for p in phrases:
+        assert p.lower() in msg.lower(), f"expected {p!r} in: {msg}"
+    for s in secrets:
+        assert s not in msg, "a secret leaked into the client's error"
+    return msg
+
+
 # ----------------------------------------------------------------------------- TLS + nginx
 
 
@@ -692,6 +723,27 @@ def openssl_test_pki(d: Path) -> dict:
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext")
     return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+
+
+def openssl_issue(pki: dict, d: Path, names: Sequence[str]) -> dict:
+    """Another server certificate from the CA of ``pki`` (``openssl_test_pki``) for ``names``
+    (DNS names; IP addresses as ``IP:a.b.c.d``); its ``cert`` and ``key`` paths."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    sans = ",".join(n if n.startswith("IP:") else f"DNS:{n}" for n in names)
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={names[0]}")
+    (d / "server.ext").write_text(
+        f"subjectAltName={sans}\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", str(pki["ca"]), "-CAkey", str(Path(pki["ca"]).with_name("ca.key")),
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext")
+    return {"ca": pki["ca"], "cert": d / "server.crt", "key": d / "server.key"}
 
 
 def nginx_version() -> tuple:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.matrix  # every Spark version of the matrix (scripts/te
 
 def test_two_sessions_one_auth2_request(main, tokens):
     """Two pyspark sessions (dozens of RPCs) with one token: Auth2 is asked once."""
-    t = main.fake.add_token(tokens.new(), "alice", mfa="Used")
+    t = main.owner_token(tokens)
     assert spark_query(main.server.url("localhost", token=t)) == EXPECTED_ROWS
     assert spark_query(main.server.url("127.0.0.1", **{"x-kbase-token": t})) == EXPECTED_ROWS
     assert main.fake.count(t) == 1
@@ -23,7 +23,7 @@ def test_two_sessions_one_auth2_request(main, tokens):
 
 def test_single_flight(main, tokens, clean_faults):
     """48 simultaneous first calls with one new token share one Auth2 request."""
-    t = main.fake.add_token(tokens.new(), "alice", mfa="Used")
+    t = main.owner_token(tokens)
     main.fake.fault("delay", delay_ms=800)  # keep the first request in flight while the rest arrive
     outs = concurrent_config_rpcs(main.target, bearer(t), 48)
     main.fake.fault("none")
@@ -55,8 +55,9 @@ def test_invalid_answers_cached_briefly(short, tokens):
 
 
 def test_revocation_visible_after_cache_window(short, tokens):
-    """cache.maxTtl=3s on `short`: a revoked token keeps working from the cache for at most ~3 s."""
-    t = short.fake.add_token(tokens.new(), "alice", customroles=["spark_user"])
+    """cache.maxTtl=3s on `short`: a revoked token keeps working from the cache for at most ~3 s
+    (refresh ahead may find the revocation from the last half of the window on)."""
+    t = short.owner_token(tokens)
     t0 = time.monotonic()
     expect(config_rpc(short.target, bearer(t)), "OK")
     fetched = short.fake.count(t)
@@ -72,12 +73,14 @@ def test_revocation_visible_after_cache_window(short, tokens):
     o = harness.wait_until(denied, 10, 0.25, "the revoked token to be denied")
     waited = time.monotonic() - t0
     expect(o, "UNAUTHENTICATED", "invalid or revoked", secrets=[t])
-    assert 2.0 <= waited <= 6.0, f"revocation became visible after {waited:.1f}s (maxTtl 3s)"
+    # Refresh ahead re-validates an entry used in the last half of its 3 s life, so the
+    # revocation may bite from 1.5 s on; at the latest at the window's end (plus slack).
+    assert 1.4 <= waited <= 6.0, f"revocation became visible after {waited:.1f}s (maxTtl 3s)"
 
 
 def test_positive_cache_expires_on_max_ttl(short, tokens):
     """A valid token is re-validated once the 3 s cap has passed (Auth2's cachefor is 5 min)."""
-    t = short.fake.add_token(tokens.new(), "alice", customroles=["spark_user"])
+    t = short.owner_token(tokens)
     expect(config_rpc(short.target, bearer(t)), "OK")
     n1 = short.fake.count(t)
     expect(config_rpc(short.target, bearer(t)), "OK")
@@ -90,8 +93,7 @@ def test_positive_cache_expires_on_max_ttl(short, tokens):
 def test_cached_token_denied_once_expired(main, tokens, clean_faults):
     """A token cached with Auth2's long cachefor is denied as soon as it expires (checked locally)."""
     lifetime_ms = 12_000
-    t = main.fake.add_token(tokens.new(), "alice", mfa="Used", expires_in_ms=lifetime_ms,
-                            cachefor=3_600_000)
+    t = main.owner_token(tokens, expires_in_ms=lifetime_ms, cachefor=3_600_000)
     expires_at = time.monotonic() + lifetime_ms / 1000
     expect(config_rpc(main.target, bearer(t)), "OK")
     assert main.fake.count(t) == 1

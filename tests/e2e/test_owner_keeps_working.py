@@ -125,7 +125,7 @@ def test_stale_if_error_on_keeps_the_owner_working_through_an_outage(resilient, 
 
 def test_stale_if_error_off_is_unavailable_once_the_window_ends(short, tokens, clean_faults):
     """The default (off): the `short` server's 3 s window ends during the outage -> UNAVAILABLE."""
-    t = short.fake.add_token(tokens.new(), "alice", customroles=["spark_user"])
+    t = short.owner_token(tokens)
     expect(config_rpc(short.target, bearer(t)), "OK")
     short.fake.fault("refuse")
     started = time.monotonic()
@@ -186,6 +186,16 @@ def test_random_token_flood_against_a_slow_auth2(resilient, tokens, healthy):
     assert len(denial_lines) <= 2 * 11 * (seconds + 2), f"{len(denial_lines)} log lines for {flood_calls} calls"
     print(f"\nflood: {flood_calls} calls in {seconds:.1f} s ({flood_codes}); Auth2 lookups {lookups}; "
           f"owner calls {len(owner_outs)}, owner lookups {fake.count(owner)}; plugin log lines {len(denial_lines)}")
+
+
+def test_a_token_expiring_while_auth2_answers_is_denied(resilient, tokens, healthy):
+    """Auth2 looks the token up with 0.8 s left and its 200 arrives 2 s later (requestTimeout is
+    3 s): the plugin judges the expiry with the time after the wait -> UNAUTHENTICATED expired."""
+    server, fake = resilient
+    t = fake.add_token(tokens.new(), "alice", expires_in_ms=800)
+    fake.fault("late_answer", 2_000)
+    expect(config_rpc(server.target, bearer(t), timeout=30), "UNAUTHENTICATED", "expired", secrets=[t])
+    assert fake.count(t) == 1
 
 
 @pytest.mark.matrix  # repeated metadata through each version's shaded gRPC

@@ -134,3 +134,38 @@ pub async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> io::Result
     let b = body.to_string();
     request(addr, "POST", path, &[("Content-Type", "application/json")], b.as_bytes()).await
 }
+
+/// One HTTPS GET (HTTP/1.1, `Connection: close`) trusting only `ca_pem`, with `server_name` for
+/// SNI and certificate checks; the whole raw answer as text.
+pub async fn tls_get(addr: SocketAddr, server_name: &str, ca_pem: &str, path: &str, token: &str) -> io::Result<String> {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer, pki_types::ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(io::Error::other)?).map_err(io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = ServerName::try_from(server_name.to_string()).map_err(io::Error::other)?;
+    bounded(async {
+        let tcp = TcpStream::connect(addr).await?;
+        let mut tls = connector.connect(name, tcp).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {server_name}\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+        );
+        tls.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        // A server may end TLS without close_notify after Connection: close; keep what came.
+        match tls.read_to_end(&mut out).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+            Err(e) => return Err(e),
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    })
+    .await
+}

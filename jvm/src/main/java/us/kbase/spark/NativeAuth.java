@@ -42,7 +42,7 @@ final class NativeAuth {
     static final String LIBRARY_ENV = "KBASE_SPARK_AUTH_LIBRARY";
     /** System property naming the directory the embedded library is extracted to. */
     static final String TMPDIR_PROPERTY = "kbase.spark.auth.tmpdir";
-    static final String SUPPORTED_PLATFORMS = "linux-x86_64, linux-aarch64 (glibc >= 2.35)";
+    static final String SUPPORTED_PLATFORMS = "linux-x86_64, linux-aarch64 (glibc >= 2.28)";
 
     /** What {@link #authorize} returns for an allowed call whose WARN line {@link #lastLogLines} holds. */
     static final int ALLOW_WITH_WARNING = -1;
@@ -407,8 +407,8 @@ final class NativeAuth {
     /** Explains the libc requirement, naming musl when it is what this system runs. */
     static String libcHint() {
         return isMusl(Paths.get("/lib"))
-                ? "; this system uses musl libc (found /lib/ld-musl-*), but the library needs glibc >= 2.35"
-                : "; the library needs Linux with glibc >= 2.35";
+                ? "; this system uses musl libc (found /lib/ld-musl-*), but the library needs glibc >= 2.28"
+                : "; the library needs Linux with glibc >= 2.28";
     }
 
     /** True when {@code libDir} holds a musl dynamic loader ({@code ld-musl-*}). */

@@ -9,8 +9,6 @@ import java.util.concurrent.atomic.AtomicInteger;
 
 import com.codahale.metrics.Gauge;
 
-import org.junit.AfterClass;
-import org.junit.BeforeClass;
 import org.junit.Test;
 
 import us.kbase.spark.testing.FakeAuth2;
@@ -19,17 +17,7 @@ import us.kbase.spark.testing.Tokens;
 /** The Spark metrics source reports the native counters as they move. */
 public class KBaseAuthMetricsSourceTest {
 
-    private static FakeAuth2 fake;
-
-    @BeforeClass
-    public static void startFake() throws Exception {
-        fake = FakeAuth2.start();
-    }
-
-    @AfterClass
-    public static void stopFake() {
-        fake.close();
-    }
+    private static final FakeAuth2 fake = FakeAuth2.shared();
 
     private static long gauge(KBaseAuthMetricsSource source, String name) {
         Gauge<?> g = source.metricRegistry().getGauges().get(name);

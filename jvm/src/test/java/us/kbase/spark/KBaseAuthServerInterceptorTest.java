@@ -27,7 +27,6 @@ import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 
 import org.junit.After;
-import org.junit.AfterClass;
 import org.junit.BeforeClass;
 import org.junit.Rule;
 import org.junit.Test;
@@ -52,7 +51,7 @@ public class KBaseAuthServerInterceptorTest {
     private static final Metadata.Key<String> SENTINEL =
             Metadata.Key.of("x-request-sentinel", Metadata.ASCII_STRING_MARSHALLER);
 
-    private static FakeAuth2 fake;
+    private static final FakeAuth2 fake = FakeAuth2.shared();
     /** Every token a test used: none may show up in logs, statuses, trailers or toString(). */
     private static final List<String> SECRETS = new ArrayList<>();
     private static String aliceToken;
@@ -64,17 +63,9 @@ public class KBaseAuthServerInterceptorTest {
     private final List<KBaseAuthServerInterceptor> created = new ArrayList<>();
 
     @BeforeClass
-    public static void startFake() throws Exception {
-        fake = FakeAuth2.start();
+    public static void registerTokens() throws Exception {
         aliceToken = token("alice");
         bobToken = token("bob");
-    }
-
-    @AfterClass
-    public static void stopFake() {
-        if (fake != null) {
-            fake.close();
-        }
     }
 
     @After
@@ -318,11 +309,14 @@ public class KBaseAuthServerInterceptorTest {
     @Test
     public void auth2ErrorsAreUnavailable() throws Exception {
         KBaseAuthServerInterceptor i = interceptor();
-        for (String mode : new String[] {"status503", "html502", "malformed", "nouser"}) {
+        long redirected = fake.redirectedRequests();
+        for (String mode : new String[] {"status503", "html502", "malformed", "nouser", "status400html",
+                "status400json", "redirect"}) {
             fake.fault(mode);
             Outcome o = call(i, "Bearer " + token("alice"), null);
             assertEquals("fault " + mode, Status.Code.UNAVAILABLE, o.code());
         }
+        assertEquals("a redirect must not be followed", redirected, fake.redirectedRequests());
     }
 
     @Test
@@ -341,12 +335,34 @@ public class KBaseAuthServerInterceptorTest {
         String t = Tokens.newToken();
         SECRETS.add(t);
         fake.addToken(t, "alice", 1500, "Used", List.of(), 300_000);
+        // An Auth2 that keeps answering 200 after the expiry: only the plugin's own expiry check
+        // can deny the call (a well-behaved Auth2 would answer 401 and hide a missing check).
+        fake.fault("ignore_expiry");
         KBaseAuthServerInterceptor i = interceptor();
         assertTrue(call(i, "Bearer " + t, null).allowed());
         assertTrue("a cache hit", call(i, "Bearer " + t, null).allowed());
         assertEquals(1, fake.requestsFor(t));
-        Thread.sleep(1800);
+        Outcome o = untilDenied(i, "Bearer " + t, 10_000);
+        assertEquals(Status.Code.UNAUTHENTICATED, o.code());
+        assertThat(o.description(), containsString("KBase token expired at "));
+        // And it stays denied: the expired answer is not turned into an allow later.
         assertEquals(Status.Code.UNAUTHENTICATED, call(i, "Bearer " + t, null).code());
+    }
+
+    /** Calls until a call is denied (bounded): for states that arrive with time, without guessing a sleep. */
+    private static Outcome untilDenied(KBaseAuthServerInterceptor i, String authorization, long limitMs)
+            throws InterruptedException {
+        long deadline = System.nanoTime() + limitMs * 1_000_000L;
+        while (true) {
+            Outcome o = call(i, authorization, null);
+            if (!o.allowed()) {
+                return o;
+            }
+            if (System.nanoTime() > deadline) {
+                fail("still allowed after " + limitMs + " ms");
+            }
+            Thread.sleep(25);
+        }
     }
 
     @Test
@@ -361,8 +377,12 @@ public class KBaseAuthServerInterceptorTest {
         assertEquals(Status.Code.INTERNAL, o.code());
     }
 
+    /**
+     * The shim's own unexpected failure (here: use after {@code close()}) is the one case logged at
+     * ERROR, with the stack trace; the caller gets the generic INTERNAL message.
+     */
     @Test
-    public void useAfterCloseIsInternalNeverAllow() {
+    public void shimFailureIsInternalNeverAllowAndLoggedAtErrorWithStackTrace() {
         KBaseAuthServerInterceptor i = interceptor();
         assertTrue(call(i, "Bearer " + aliceToken, null).allowed());
         i.close();
@@ -373,7 +393,48 @@ public class KBaseAuthServerInterceptorTest {
             assertEquals(Status.Code.INTERNAL, o.code());
             assertEquals(KBaseAuthServerInterceptor.INTERNAL_ERROR_MESSAGE, o.description());
             assertThat(log.text(), containsString("ERROR us.kbase.spark.KBaseAuthServerInterceptor"));
+            assertThat(log.text(), containsString("java.lang.IllegalStateException: interceptor used after close()"));
+            assertThat(log.text(), containsString("\tat us.kbase.spark.KBaseAuthServerInterceptor.interceptCall"));
         }
+    }
+
+    /**
+     * An INTERNAL decided by the native side (here: a null authenticator handle, which the native
+     * code refuses) is a denial like UNAVAILABLE: one WARN line with status and reason, no ERROR,
+     * no stack trace (README, Decisions; SPEC section 4).
+     */
+    @Test
+    public void nativeInternalDenialIsLoggedAtWarn() throws Exception {
+        KBaseAuthServerInterceptor i = interceptor();
+        java.lang.reflect.Field handle = KBaseAuthServerInterceptor.class.getDeclaredField("handle");
+        handle.setAccessible(true);
+        long real = handle.getLong(i);
+        handle.setLong(i, 0L);
+        try (LogCapture log = new LogCapture()) {
+            Outcome o = call(i, "Bearer " + aliceToken, null);
+            assertEquals(Status.Code.INTERNAL, o.code());
+            assertEquals(KBaseAuthServerInterceptor.INTERNAL_ERROR_MESSAGE, o.description());
+            List<String> lines = interceptorLines(log.text());
+            assertEquals("one line for the denial: " + lines, 1, lines.size());
+            assertThat(lines.get(0), containsString("WARN us.kbase.spark.KBaseAuthServerInterceptor"));
+            assertThat(lines.get(0), containsString("status=INTERNAL reason=internal_error"));
+            assertThat(log.text(), not(containsString("ERROR")));
+            assertThat(log.text(), not(containsString("\tat ")));
+        } finally {
+            handle.setLong(i, real);
+        }
+        assertTrue(call(i, "Bearer " + aliceToken, null).allowed());
+    }
+
+    /** The captured lines logged by the interceptor's logger. */
+    private static List<String> interceptorLines(String text) {
+        List<String> lines = new ArrayList<>();
+        for (String line : text.split("\n")) {
+            if (line.contains(" us.kbase.spark.KBaseAuthServerInterceptor - ")) {
+                lines.add(line);
+            }
+        }
+        return lines;
     }
 
     @Test
@@ -403,20 +464,20 @@ public class KBaseAuthServerInterceptorTest {
     }
 
     @Test
-    public void denialsAreLoggedOnceWithReasonAtInfo() {
+    public void denialsAreLoggedOnceWithReasonAtInfo() throws Exception {
         KBaseAuthServerInterceptor i = interceptor();
         try (LogCapture log = new LogCapture()) {
             call(i, "Bearer " + bobToken, null);
             call(i, "Bearer " + aliceToken, null);
-            String text = log.text();
-            List<String> lines = new ArrayList<>();
-            for (String line : text.split("\n")) {
-                if (line.contains("KBaseAuthServerInterceptor")) {
-                    lines.add(line);
-                }
-            }
-            assertEquals("one line for the denial, none at INFO for the allow: " + lines, 1, lines.size());
-            assertThat(lines.get(0), containsString("INFO"));
+            List<String> lines = interceptorLines(log.text());
+            assertEquals("one line for the denial, none for the allow: " + lines, 1, lines.size());
+            String line = lines.get(0);
+            assertThat(line, containsString("INFO us.kbase.spark.KBaseAuthServerInterceptor"));
+            assertThat(line, containsString("status=PERMISSION_DENIED reason=user_not_allowed"));
+            assertThat(line, containsString("token=sha256:" + Tokens.fingerprint(bobToken)));
+            assertThat(line, containsString("'bob'"));
+            assertThat(line, not(containsString(Tokens.fingerprint(aliceToken))));
+            assertNoSecret("log", line);
         }
     }
 
@@ -478,7 +539,14 @@ public class KBaseAuthServerInterceptorTest {
     @Test
     public void sparkKeysWinOverEnvironment() {
         KBaseAuthServerInterceptor i = interceptor("USER", "bob", "KBASE_AUTH_URL", "http://127.0.0.1:9/");
+        // The URL from the environment (nothing listens there) is ignored: Auth2 answers.
         assertTrue(call(i, "Bearer " + aliceToken, null).allowed());
+        // USER=bob is ignored: bob is not the owner, alice (from spark.kbase.auth.owner) is.
+        Outcome o = call(i, "Bearer " + bobToken, null);
+        assertEquals(Status.Code.PERMISSION_DENIED, o.code());
+        assertThat(o.description(), containsString("'bob'"));
+        assertThat(o.description(), containsString("'alice'"));
+        assertThat(i.toString(), containsString("owner=alice"));
     }
 
     @Test

@@ -13,11 +13,13 @@ import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
 import java.io.ByteArrayInputStream;
+import java.io.File;
 import java.io.IOException;
 import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
 import java.net.URL;
 import java.net.URLClassLoader;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
@@ -26,16 +28,16 @@ import java.nio.file.Paths;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
+import java.util.stream.Collectors;
 import java.util.stream.Stream;
 
 import org.junit.After;
-import org.junit.AfterClass;
 import org.junit.Assume;
-import org.junit.BeforeClass;
 import org.junit.Rule;
 import org.junit.Test;
 import org.junit.rules.TemporaryFolder;
@@ -50,7 +52,7 @@ public class NativeAuthLoaderTest {
 
     /** Isolated loaders stay reachable for the whole run, so their libraries are never unloaded mid-test. */
     private static final List<ClassLoader> KEEP = new ArrayList<>();
-    private static FakeAuth2 fake;
+    private static final FakeAuth2 fake = FakeAuth2.shared();
 
     @Rule
     public final Timeout timeout = Timeout.seconds(60);
@@ -58,18 +60,6 @@ public class NativeAuthLoaderTest {
     public final TemporaryFolder tmp = new TemporaryFolder();
     /** tmpfs mounts of the running test, newest first; unmounted after it. */
     private final List<Path> mounts = new ArrayList<>();
-
-    @BeforeClass
-    public static void startFake() throws Exception {
-        fake = FakeAuth2.start();
-    }
-
-    @AfterClass
-    public static void stopFake() {
-        if (fake != null) {
-            fake.close();
-        }
-    }
 
     @Test
     public void resourcePathPerPlatform() {
@@ -143,12 +133,7 @@ public class NativeAuthLoaderTest {
     @Test
     public void explicitPathLoadsExactlyThatFile() throws Exception {
         // A private copy of the embedded library, named explicitly.
-        Path copy = tmp.getRoot().toPath().resolve("explicit-copy.so");
-        try (var in = NativeAuth.class.getResourceAsStream(
-                NativeAuth.resourcePath(System.getProperty("os.name"), System.getProperty("os.arch")))) {
-            assertNotNull("the build puts the library into the resources", in);
-            Files.copy(in, copy);
-        }
+        Path copy = embeddedLibraryCopy("explicit-copy.so");
         Class<?> isolated = isolatedNativeAuth();
         System.setProperty(NativeAuth.LIBRARY_PROPERTY, copy.toString());
         try {
@@ -157,6 +142,68 @@ public class NativeAuthLoaderTest {
             System.clearProperty(NativeAuth.LIBRARY_PROPERTY);
         }
         assertEquals(NativeAuth.INTERNAL, invoke(isolated, "panicProbe"));
+    }
+
+    /**
+     * {@code KBASE_SPARK_AUTH_LIBRARY} names the library when the system property does not; the
+     * property wins when both are set. In child JVMs, because the environment cannot be changed
+     * inside this one.
+     */
+    @Test
+    public void environmentVariableNamesTheLibraryAndThePropertyWins() throws Exception {
+        Path copy = embeddedLibraryCopy("libkbase_spark_auth-env-copy.so");
+        Map<String, String> out = probe(Map.of(NativeAuth.LIBRARY_ENV, copy.toString()));
+        assertEquals(out.toString(), "13", out.get("panicProbe"));
+        assertEquals("the child mapped exactly the named file", copy.toRealPath().toString(), out.get("mapped"));
+
+        String missing = tmp.getRoot() + "/nowhere/libkbase_spark_auth.so";
+        out = probe(Map.of(NativeAuth.LIBRARY_ENV, missing));
+        assertThat(out.toString(), out.get("error"), containsString(missing));
+        assertThat(out.get("error"), containsString("environment variable " + NativeAuth.LIBRARY_ENV));
+
+        out = probe(Map.of(NativeAuth.LIBRARY_ENV, copy.toString()), "-D" + NativeAuth.LIBRARY_PROPERTY + "=" + missing);
+        assertThat(out.toString(), out.get("error"), containsString(missing));
+        assertThat(out.get("error"), containsString("system property " + NativeAuth.LIBRARY_PROPERTY));
+    }
+
+    private Path embeddedLibraryCopy(String name) throws IOException {
+        Path copy = tmp.getRoot().toPath().resolve(name);
+        try (var in = NativeAuth.class.getResourceAsStream(
+                NativeAuth.resourcePath(System.getProperty("os.name"), System.getProperty("os.arch")))) {
+            assertNotNull("the build puts the library into the resources", in);
+            Files.copy(in, copy);
+        }
+        return copy;
+    }
+
+    /** Runs {@link LibraryProbeMain} in a fresh JVM with {@code env} added and its key=value output. */
+    private static Map<String, String> probe(Map<String, String> env, String... jvmArgs) throws Exception {
+        String classpath = Stream.of(NativeAuth.class, LibraryProbeMain.class)
+                .map(c -> c.getProtectionDomain().getCodeSource().getLocation().getPath())
+                .distinct()
+                .collect(Collectors.joining(File.pathSeparator));
+        List<String> command = new ArrayList<>();
+        command.add(Paths.get(System.getProperty("java.home"), "bin", "java").toString());
+        command.addAll(Arrays.asList(jvmArgs));
+        command.addAll(List.of("-cp", classpath, LibraryProbeMain.class.getName()));
+        ProcessBuilder pb = new ProcessBuilder(command).redirectErrorStream(true);
+        pb.environment().remove(NativeAuth.LIBRARY_ENV);
+        pb.environment().putAll(env);
+        Process p = pb.start();
+        String output;
+        try (var in = p.getInputStream()) {
+            output = new String(in.readAllBytes(), StandardCharsets.UTF_8);
+        }
+        assertTrue("the probe JVM did not exit in time", p.waitFor(60, TimeUnit.SECONDS));
+        assertEquals(output, 0, p.exitValue());
+        Map<String, String> out = new HashMap<>();
+        for (String line : output.split("\n")) {
+            int eq = line.indexOf('=');
+            if (eq > 0) {
+                out.put(line.substring(0, eq), line.substring(eq + 1));
+            }
+        }
+        return out;
     }
 
     @Test

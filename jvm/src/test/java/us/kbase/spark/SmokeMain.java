@@ -1,6 +1,11 @@
 package us.kbase.spark;
 
+import java.io.IOException;
 import java.net.URL;
+import java.nio.file.Files;
+import java.nio.file.Paths;
+import java.util.List;
+import java.util.stream.Collectors;
 
 import org.sparkproject.connect.grpc.Metadata;
 import org.sparkproject.connect.grpc.Status;
@@ -13,9 +18,16 @@ import us.kbase.spark.testing.Tokens;
 /**
  * Run by {@code gradle smokeTest} in a fresh JVM whose classpath has the built jar and Spark's
  * jars: proves that the interceptor, created the way Spark creates it, loads the library embedded
- * in the jar and decides calls. Exits non-zero on any surprise.
+ * in the jar and decides calls. Exits non-zero on any surprise. Gradle runs it once per platform
+ * and glibc it checks (see build.gradle's smoke tasks), naming what to expect with
+ * {@value #PLATFORM_PROPERTY} and {@value #GLIBC_PROPERTY}.
  */
 public final class SmokeMain {
+
+    /** The jar's platform directory this JVM must load from, e.g. {@code linux-aarch64}. */
+    static final String PLATFORM_PROPERTY = "smoke.platform";
+    /** The glibc version this JVM must run on, e.g. {@code 2.31}; unchecked when unset. */
+    static final String GLIBC_PROPERTY = "smoke.glibc";
 
     private SmokeMain() {
     }
@@ -25,7 +37,7 @@ public final class SmokeMain {
         check(from.getPath().endsWith(".jar"), "the interceptor must come from the built jar, not " + from);
         check(System.getProperty(NativeAuth.LIBRARY_PROPERTY) == null && System.getenv(NativeAuth.LIBRARY_ENV) == null,
                 "the smoke test must use the embedded library, not an override");
-        try (FakeAuth2 fake = FakeAuth2.start()) {
+        try (FakeAuth2 fake = FakeAuth2.startOrAttach()) {
             String token = Tokens.newToken();
             fake.addToken(token, "alice");
             fake.addToken(Tokens.newToken(), "bob");
@@ -33,6 +45,7 @@ public final class SmokeMain {
             System.setProperty("spark.kbase.auth.owner", "alice");
             KBaseAuthServerInterceptor interceptor = new KBaseAuthServerInterceptor();
             System.out.println("interceptor from " + from + ": " + interceptor);
+            checkPlatform();
 
             Metadata headers = new Metadata();
             headers.put(Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER), "Bearer " + token);
@@ -100,6 +113,32 @@ public final class SmokeMain {
         check(NativeAuth.authorize(0, null, null, null, null, null) == NativeAuth.INTERNAL,
                 "a null handle must deny INTERNAL");
         trusting.close();
+    }
+
+    /** Checks that this JVM runs where the caller said and has mapped the library from the jar. */
+    private static void checkPlatform() throws IOException {
+        String resource = NativeAuth.resourcePath(System.getProperty("os.name"), System.getProperty("os.arch"));
+        List<String> libc = mapped("/libc");
+        List<String> library = mapped("libkbase_spark_auth");
+        System.out.println("platform: os.arch=" + System.getProperty("os.arch") + ", Java "
+                + System.getProperty("java.version") + " in " + System.getProperty("java.home") + ", libc " + libc
+                + ", loaded " + resource + " as " + library);
+        String platform = System.getProperty(PLATFORM_PROPERTY);
+        check(platform == null || resource.contains("/" + platform + "/"),
+                "this JVM must load the " + platform + " library, but picks " + resource);
+        String glibc = System.getProperty(GLIBC_PROPERTY);
+        check(glibc == null || libc.stream().anyMatch(l -> l.endsWith("/libc-" + glibc + ".so")),
+                "this JVM must run on glibc " + glibc + ", but maps " + libc);
+        check(!library.isEmpty(), "the native library must be mapped into this process");
+    }
+
+    /** The files mapped into this process whose path contains {@code part} (qemu-user emulates the maps file). */
+    private static List<String> mapped(String part) throws IOException {
+        return Files.readAllLines(Paths.get("/proc/self/maps")).stream()
+                .filter(line -> line.contains("/") && line.contains(part))
+                .map(line -> line.substring(line.indexOf('/')))
+                .distinct()
+                .collect(Collectors.toList());
     }
 
     private static void check(boolean ok, String what) {

@@ -24,7 +24,11 @@ import com.google.gson.JsonParser;
 public final class FakeAuth2 implements AutoCloseable {
 
     public static final String BIN_PROPERTY = "fakeAuth2.bin";
+    /** With {@link #CONTROL_URL_PROPERTY}: a fake already running outside this JVM, see {@link #startOrAttach()}. */
+    public static final String URL_PROPERTY = "fakeAuth2.url";
+    public static final String CONTROL_URL_PROPERTY = "fakeAuth2.controlUrl";
     private static final Duration START_DEADLINE = Duration.ofSeconds(30);
+    private static FakeAuth2 shared;
 
     private final Process process;
     private final Path workDir;
@@ -45,8 +49,45 @@ public final class FakeAuth2 implements AutoCloseable {
         this.controlUrl = controlUrl;
     }
 
+    /**
+     * The fake shared by the JUnit classes of one test JVM: started on first use, stopped when the
+     * JVM exits (and by itself after an hour at most). Tests that set a fault set it back to
+     * {@code none}; counts are per token, so tests use fresh tokens or compare before/after.
+     */
+    public static synchronized FakeAuth2 shared() {
+        if (shared == null || !shared.process.isAlive()) {
+            try {
+                shared = start(3600);
+            } catch (IOException e) {
+                throw new IllegalStateException("cannot start the fake Auth2: " + e, e);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("interrupted while starting the fake Auth2", e);
+            }
+        }
+        return shared;
+    }
+
+    /**
+     * The fake named by {@value #URL_PROPERTY} and {@value #CONTROL_URL_PROPERTY} when they are set,
+     * else {@link #start()}. A JVM in another root file system, or under emulation, cannot run the
+     * host's binary, so its launcher starts the fake; closing an attached fake leaves it running.
+     */
+    public static FakeAuth2 startOrAttach() throws IOException, InterruptedException {
+        String url = System.getProperty(URL_PROPERTY);
+        String controlUrl = System.getProperty(CONTROL_URL_PROPERTY);
+        if (url == null || controlUrl == null) {
+            return start();
+        }
+        return new FakeAuth2(null, null, null, url.endsWith("/") ? url : url + "/", controlUrl.replaceAll("/+$", ""));
+    }
+
     /** Starts the binary on ephemeral loopback ports and waits (bounded) until it is listening. */
     public static FakeAuth2 start() throws IOException, InterruptedException {
+        return start(600);
+    }
+
+    private static FakeAuth2 start(int maxLifetimeSecs) throws IOException, InterruptedException {
         String bin = System.getProperty(BIN_PROPERTY);
         if (bin == null || !new File(bin).canExecute()) {
             throw new IllegalStateException("fake Auth2 binary not found: set -D" + BIN_PROPERTY
@@ -55,7 +96,7 @@ public final class FakeAuth2 implements AutoCloseable {
         Path dir = Files.createTempDirectory("fake-auth2-");
         Path ready = dir.resolve("ready.json");
         Process p = new ProcessBuilder(bin, "--port", "0", "--control-port", "0",
-                "--ready-file", ready.toString(), "--max-lifetime-secs", "600")
+                "--ready-file", ready.toString(), "--max-lifetime-secs", String.valueOf(maxLifetimeSecs))
                 .redirectErrorStream(true)
                 .redirectOutput(dir.resolve("output.log").toFile())
                 .start();
@@ -119,7 +160,10 @@ public final class FakeAuth2 implements AutoCloseable {
         post("/revoke", o);
     }
 
-    /** Sets the fault mode: none, refuse, delay, status503, html502, malformed, nouser, ignore_expiry. */
+    /**
+     * Sets the fault mode: none, refuse, delay, status503, html502, malformed, nouser, ignore_expiry,
+     * status400html, status400json, redirect (see {@code fake-auth2 --help}).
+     */
     public void fault(String mode) throws IOException, InterruptedException {
         fault(mode, 0);
     }
@@ -149,6 +193,11 @@ public final class FakeAuth2 implements AutoCloseable {
                 .getAsJsonObject();
     }
 
+    /** Requests the redirect target (where the {@code redirect} fault points) has received. */
+    public long redirectedRequests() throws IOException, InterruptedException {
+        return counts().get("redirected").getAsLong();
+    }
+
     /** Resets the request counters. */
     public void reset() throws IOException, InterruptedException {
         post("/reset", new JsonObject());
@@ -171,6 +220,9 @@ public final class FakeAuth2 implements AutoCloseable {
 
     @Override
     public void close() {
+        if (process == null) {
+            return;
+        }
         process.destroy();
         try {
             if (!process.waitFor(5, TimeUnit.SECONDS)) {

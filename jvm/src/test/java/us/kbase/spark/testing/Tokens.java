@@ -11,6 +11,17 @@ public final class Tokens {
     private Tokens() {
     }
 
+    /** The plugin's fingerprint of a token: the first 8 hex characters of its SHA-256. */
+    public static String fingerprint(String token) {
+        try {
+            byte[] d = java.security.MessageDigest.getInstance("SHA-256")
+                    .digest(token.getBytes(java.nio.charset.StandardCharsets.UTF_8));
+            return String.format("%02x%02x%02x%02x", d[0], d[1], d[2], d[3]);
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
     public static String newToken() {
         char[] c = new char[32];
         for (int i = 0; i < c.length; i++) {

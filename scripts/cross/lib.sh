@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# Shared by scripts/cross/*.sh. The jar ships the library for linux-x86_64 and linux-aarch64, both
+# linked against glibc 2.28, built and tested on this x86_64 machine in Debian root file systems
+# that live outside the repository (created by scripts/cross/setup.sh, reused afterwards):
+#
+#   $CROSS_CACHE/trixie-build     Debian 13: rustc/cargo 1.85 (our rust-version) with the aarch64
+#                                 standard library (libstd-rust-dev:arm64), plus zig and
+#                                 cargo-zigbuild from PyPI, which link against a pinned glibc.
+#   $CROSS_CACHE/bullseye-amd64   Debian 11 (glibc 2.31) with Java 17: the x86_64 smoke test.
+#   $CROSS_CACHE/bullseye-arm64   the same for arm64, run under qemu-user (no binfmt handler).
+#
+# Why Debian roots: rustup cannot fetch another target's standard library here, Debian packages it.
+# Why zig: Debian's cross gcc links against the root's own, too new, glibc; zig carries stubs for
+# any glibc version. Why Debian 11: the oldest Debian with Java 17, older than any image users run.
+. "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+
+CROSS_CACHE="${KBASE_CROSS_CACHE:-/var/cache/kbase-spark-auth}"
+DEBIAN_MIRROR="${KBASE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+ZIG_VERSION=0.15.2
+ZIGBUILD_VERSION=0.24.0
+BUILD_ROOT="$CROSS_CACHE/trixie-build"
+# A root is complete when its .kbase-recipe holds its recipe; a changed recipe rebuilds it.
+BUILD_RECIPE="trixie amd64 minbase, rustc cargo libstd-rust-dev:arm64, ziglang==$ZIG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
+TEST_RECIPE="bullseye minbase openjdk-17-jre-headless ca-certificates (dpkg -x), qemu-aarch64-static on arm64"
+LIBRARY_FILE=libkbase_spark_auth.so
+
+# The jar's platform names (NativeAuth's resource directories) in Rust's and Debian's words.
+rust_target() {
+  case "$1" in
+    linux-x86_64) echo x86_64-unknown-linux-gnu ;;
+    linux-aarch64) echo aarch64-unknown-linux-gnu ;;
+    *) die "unknown platform '$1' (known: linux-x86_64, linux-aarch64)" ;;
+  esac
+}
+debian_arch() {
+  case "$1" in
+    linux-x86_64) echo amd64 ;;
+    linux-aarch64) echo arm64 ;;
+    *) die "unknown platform '$1' (known: linux-x86_64, linux-aarch64)" ;;
+  esac
+}
+test_root() { echo "$CROSS_CACHE/bullseye-$(debian_arch "$1")"; }
+
+root_ready() { [ "$(cat "$1/.kbase-recipe" 2>/dev/null)" = "$2" ]; }
+
+# require_root DIR RECIPE: fails, saying how to fix it, unless DIR is a complete root.
+require_root() {
+  root_ready "$1" "$2" || die "$1 is missing or incomplete: run scripts/setup.sh (or scripts/cross/setup.sh) to create it"
+}
+
+# Serialises setup (exclusive) against builds and tests (shared) across worktrees.
+cache_lock() {
+  mkdir -p "$CROSS_CACHE"
+  exec 9>"$CROSS_CACHE/.lock"
+  flock "$1" 9
+}
+
+# in_root ROOT [-b HOST_PATH]... [-r HOST_PATH]... -- CMD...
+# Replaces the shell with CMD chrooted into ROOT, inside a private mount namespace holding /proc,
+# /dev, a fresh /tmp, and each HOST_PATH bound at the same path (-b read-write, -r read-only).
+# The mounts exist only in that namespace: they vanish when CMD ends, however it ends.
+in_root() {
+  local root="$1"; shift
+  local binds=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    case "$1" in
+      -b|-r) [[ "$2" == /* ]] || die "in_root: $2 is not an absolute path"; binds+=("$1" "$2"); shift 2 ;;
+      *) die "in_root: unexpected argument '$1'" ;;
+    esac
+  done
+  [ "${1:-}" = "--" ] || die "in_root: missing -- before the command"
+  shift
+  # shellcheck disable=SC2016
+  exec unshare --mount --propagation private -- bash -euc '
+    root=$1; shift
+    mount -t proc proc "$root/proc"
+    mount --rbind /dev "$root/dev"
+    mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+    while [ "$1" != "--" ]; do
+      mode=$1 src=$2 dst=$root$2; shift 2
+      if [ -d "$src" ]; then
+        mkdir -p "$dst"
+      else
+        mkdir -p "$(dirname "$dst")"; [ -e "$dst" ] || : > "$dst"
+      fi
+      mount --bind "$src" "$dst"
+      [ "$mode" = -b ] || mount -o remount,bind,ro "$dst"
+    done
+    shift
+    exec chroot "$root" "$@"' in_root "$root" "${binds[@]}" -- "$@"
+}
