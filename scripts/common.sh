@@ -7,12 +7,30 @@
 #   PY          $VENV/bin/python
 #   JAVA_HOME   a Java 17 installation (derived from `javac` on PATH when unset)
 #   SPARK_HOME  the Spark distribution inside the venv's pyspark package (when the venv exists)
+#   SPARK_MATRIX, MATRIX_DIR, matrix_venv VERSION   the Spark version matrix (see below)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${KBASE_VENV:-$REPO_ROOT/.venv}"
 PY="$VENV/bin/python"
 JAR_GLOB="$REPO_ROOT/build/libs/kbase-spark-auth-*.jar"
 PYSPARK_VERSION="4.0.0"
+
+# Spark version matrix: the same jar (compiled against $PYSPARK_VERSION) also runs the e2e
+# suite's `matrix` subset against these pyspark[connect] versions, one venv each (server = that
+# venv's jars and spark-submit, client = that venv's pyspark). KBASE_SPARK_MATRIX overrides the
+# list ("" = none). The venvs (~0.9 GB each) live outside the repository, shared by every clone
+# and worktree: $KBASE_MATRIX_DIR, default /var/cache/kbase-spark-auth/matrix for root (whose
+# HOME is private, while the hardened-pod test runs Spark from them as an unprivileged user) and
+# ~/.cache/kbase-spark-auth/matrix for anyone else.
+SPARK_MATRIX="${KBASE_SPARK_MATRIX-4.1.4 4.2.1 4.3.0}"
+if [ -n "${KBASE_MATRIX_DIR:-}" ]; then
+  MATRIX_DIR="$KBASE_MATRIX_DIR"
+elif [ "$(id -u)" -eq 0 ]; then
+  MATRIX_DIR="/var/cache/kbase-spark-auth/matrix"
+else
+  MATRIX_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/kbase-spark-auth/matrix"
+fi
+matrix_venv() { printf '%s/venv-pyspark-%s\n' "$MATRIX_DIR" "$1"; }
 
 # Cargo installed by rustup is often only on PATH in login shells.
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -3,11 +3,20 @@
 #   * Debian packages: gradle, junit4 (JVM tests), nginx + openssl (TLS proxy e2e test),
 #     openjdk-17-jdk-headless when no Java 17 JDK is found;
 #   * Java 17 and a Rust toolchain (cargo) are present;
-#   * <repo>/.venv with pyspark[connect]==4.0.0, pytest and friends (tests/e2e/requirements.txt).
-#   * The cross build and Debian 11 test roots, outside the repository (scripts/cross/setup.sh).
-# Usage: scripts/setup.sh            (env: KBASE_PYTHON=python3.x to choose the interpreter)
+#   * <repo>/.venv with pyspark[connect]==4.0.0, pytest and friends (tests/e2e/requirements.txt);
+#   * the cross build and Debian 11 test roots, outside the repository (scripts/cross/setup.sh);
+#   * with --matrix: the Spark version matrix's venvs (scripts/setup-matrix.sh).
+# Usage: scripts/setup.sh [--matrix]   (env: KBASE_PYTHON=python3.x to choose the interpreter)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+matrix=0
+for arg in "$@"; do
+  case "$arg" in
+    --matrix) matrix=1 ;;
+    *) die "unknown option: $arg (usage: scripts/setup.sh [--matrix])" ;;
+  esac
+done
 
 t0=$(now_s)
 did=()
@@ -110,6 +119,11 @@ info "SPARK_HOME=$SPARK_HOME"
 
 # ---------------------------------------------------------------- cross build and test roots
 as_root "$REPO_ROOT/scripts/cross/setup.sh"
+
+# ---------------------------------------------------------------- Spark version matrix (--matrix)
+if [ $matrix -eq 1 ] && [ -n "$SPARK_MATRIX" ]; then
+  "$REPO_ROOT/scripts/setup-matrix.sh"
+fi
 
 # ---------------------------------------------------------------- summary
 if [ ${#did[@]} -eq 0 ]; then

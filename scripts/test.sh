@@ -1,34 +1,44 @@
 #!/usr/bin/env bash
 # The project's test command. Steps, each failing fast with a clear message:
-#   1. scripts/setup.sh                      (Debian packages, Java 17, cargo, .venv)
+#   1. scripts/setup.sh --matrix             (Debian packages, Java 17, cargo, .venv, matrix venvs)
 #   2. cargo test --workspace                (Rust unit + integration + doc tests)
 #   3. cargo build --release -p fake-auth2   (the fake Auth2 the JVM and e2e tests start)
 #   4. gradle build                          (jar with the .so, JUnit tests, smoke test)
 #   5. pytest tests/e2e                      (real Spark Connect 4.0.0 + pyspark + nginx TLS)
+#   6. pytest -m matrix tests/e2e, once per Spark version of the matrix (default 4.1.4 4.2.1
+#      4.3.0; KBASE_SPARK_MATRIX="4.3.0" chooses): the same jar, that version's server and client
+# The end-to-end runs (5, 6) all run even when one fails; the command fails if any did.
 #
-# Usage: scripts/test.sh [--quick] [--slow] [--e2e-only] [-- PYTEST_ARGS...]
-#   --quick      stop after step 4 (no end-to-end tests)
-#   --slow       also run the soaks (Rust, JVM, e2e) and the e2e latency benchmark
-#                (excluded by default: about 10 more minutes)
-#   --e2e-only   skip steps 2 and 4 except for building the jar (for iterating on tests/e2e)
-#   -- ARGS      extra arguments for pytest, e.g. -- -k tls -x
+# Usage: scripts/test.sh [--quick] [--slow] [--e2e-only] [--no-matrix|--matrix-only] [-- PYTEST_ARGS...]
+#   --quick        stop after step 4 (no end-to-end tests)
+#   --slow         also run the soaks (Rust, JVM, e2e) and the e2e latency benchmark
+#                  (excluded by default: about 10 more minutes)
+#   --e2e-only     skip steps 2 and 4 except for building the jar (for iterating on tests/e2e)
+#   --no-matrix    skip step 6 (Spark 4.0.0 only)
+#   --matrix-only  skip step 5 (only the matrix versions)
+#   -- ARGS        extra arguments for every pytest run, e.g. -- -k tls -x
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-quick=0 slow=0 e2e_only=0
+quick=0 slow=0 e2e_only=0 base=1 matrix=1
 pytest_extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --slow) slow=1 ;;
     --e2e-only) e2e_only=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-matrix) matrix=0 ;;
+    --matrix-only) base=0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; pytest_extra=("$@"); break ;;
     *) die "unknown option: $1 (see scripts/test.sh --help)" ;;
   esac
   shift
 done
 [ $quick -eq 1 ] && [ $e2e_only -eq 1 ] && die "--quick and --e2e-only exclude each other"
+[ $base -eq 0 ] && [ $matrix -eq 0 ] && die "--no-matrix and --matrix-only exclude each other"
+[ -n "$SPARK_MATRIX" ] || matrix=0
+[ $quick -eq 1 ] && matrix=0
 
 cd "$REPO_ROOT"
 t_start=$(now_s)
@@ -53,7 +63,9 @@ step() {
   summary+=("ok      ${name} (${dt}s)")
 }
 
-step setup "$REPO_ROOT/scripts/setup.sh"
+setup_args=()
+[ $matrix -eq 1 ] && setup_args=(--matrix)
+step setup "$REPO_ROOT/scripts/setup.sh" "${setup_args[@]}"
 detect_java_home
 detect_spark_home
 export JAVA_HOME SPARK_HOME
@@ -83,18 +95,41 @@ fi
 if [ $quick -eq 1 ]; then
   log "--quick: skipping the end-to-end tests"
 else
-  markers=(-m "not soak and not bench")
-  [ $slow -eq 1 ] && markers=()
-  e2e() {
-    local rc=0
-    KBASE_E2E_JAR="$jar" KBASE_E2E_FAKE_AUTH2="$fake_bin" \
-      "$PY" -m pytest "$REPO_ROOT/tests/e2e" -v --durations=15 "${markers[@]}" "${pytest_extra[@]}" || rc=$?
-    if [ $rc -eq 5 ]; then
-      warn "pytest collected no tests (exit 5): that is a failure here"
+  base_markers="not soak and not bench" matrix_markers="matrix and not soak and not bench"
+  [ $slow -eq 1 ] && base_markers="" matrix_markers="matrix"  # pytest -m "": every test
+  e2e_failed=()
+  # e2e_run LABEL VENV VERSION MARKERS: one pytest run with that venv's pyspark as server and
+  # client; a failure is recorded and the remaining runs still go.
+  e2e_run() {
+    local label="$1" venv="$2" version="$3" markers="$4" home rc=0 t0
+    t0=$(now_s)
+    log "[$label] $venv/bin/python -m pytest tests/e2e -m '$markers' ${pytest_extra[*]}"
+    home="$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" \
+      || die "no pyspark in $venv (run scripts/setup.sh --matrix)"
+    KBASE_E2E_JAR="$jar" KBASE_E2E_FAKE_AUTH2="$fake_bin" SPARK_HOME="$home" \
+      KBASE_E2E_SPARK_VERSION="$version" \
+      "$venv/bin/python" -m pytest "$REPO_ROOT/tests/e2e" -v --durations=15 -m "$markers" \
+      "${pytest_extra[@]}" || rc=$?
+    [ $rc -eq 5 ] && warn "pytest collected no tests (exit 5): that is a failure here"
+    if [ $rc -ne 0 ]; then
+      summary+=("FAILED  ${label} ($(( $(now_s) - t0 ))s, exit ${rc})")
+      e2e_failed+=("$label")
+    else
+      summary+=("ok      ${label} ($(( $(now_s) - t0 ))s)")
     fi
-    return $rc
   }
-  step "e2e (pytest tests/e2e)" e2e
+  if [ $base -eq 1 ]; then
+    e2e_run "e2e Spark $PYSPARK_VERSION (whole suite)" "$VENV" "$PYSPARK_VERSION" "$base_markers"
+  fi
+  if [ $matrix -eq 1 ]; then
+    for v in $SPARK_MATRIX; do
+      e2e_run "e2e Spark $v (matrix subset)" "$(matrix_venv "$v")" "$v" "$matrix_markers"
+    done
+  fi
+  if [ ${#e2e_failed[@]} -gt 0 ]; then
+    printf '%s\n' "${summary[@]}" >&2
+    die "end-to-end runs failed: ${e2e_failed[*]} (see their output above)"
+  fi
 fi
 
 log "all steps passed in $(( $(now_s) - t_start ))s:"

@@ -39,7 +39,9 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def workdir() -> Path:
-    d = harness.new_work_dir("run", KEEP_RUNS)
+    import pyspark
+
+    d = harness.new_work_dir(f"run-spark{pyspark.__version__}", KEEP_RUNS)
     print(f"\ne2e work directory (logs): {d}")
     return d
 

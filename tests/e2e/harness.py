@@ -453,14 +453,15 @@ def _stub(target: str, root_cert: Optional[bytes]):
 
 
 def config_rpc(target: str, metadata: Sequence[tuple] = (), timeout: float = 20.0,
-               root_cert: Optional[bytes] = None) -> Outcome:
+               root_cert: Optional[bytes] = None, session_id: Optional[str] = None) -> Outcome:
     """One raw ``Config`` RPC with ``metadata``; returns the status, never raises RpcError."""
     import grpc
 
     stub = _stub(target, root_cert)
     t0 = time.monotonic()
     try:
-        _, call = stub.Config.with_call(config_request(), metadata=list(metadata), timeout=timeout)
+        _, call = stub.Config.with_call(config_request(session_id), metadata=list(metadata),
+                                        timeout=timeout)
         return Outcome(call.code(), call.details() or "", tuple(call.trailing_metadata() or ()),
                        time.monotonic() - t0)
     except grpc.RpcError as e:
@@ -527,7 +528,14 @@ logger.connections.level = warn
 
 
 class SparkServer:
-    """A Spark Connect 4.0 server started with spark-submit, our jar on --jars."""
+    """A Spark Connect 4.0 server started with spark-submit, our jar on --jars.
+
+    Deployment tests set ``argv_prefix`` (e.g. setpriv), ``log4j_extra`` (more log4j2 lines) and
+    ``cwd`` (the server's working directory, default its own directory) before ``start()``."""
+
+    argv_prefix: Sequence[str] = ()
+    log4j_extra: str = ""
+    cwd: Optional[Path] = None
 
     def __init__(self, workdir: Path, name: str, conf: dict, env: Optional[dict] = None,
                  with_plugin: bool = True, driver_memory: str = "768m"):
@@ -575,7 +583,7 @@ class SparkServer:
         lines = ["# Written by tests/e2e/harness.py"]
         lines += [f"{k} {v}" for k, v in conf.items() if v is not None]
         (self.conf_dir / "spark-defaults.conf").write_text("\n".join(lines) + "\n")
-        (self.conf_dir / "log4j2.properties").write_text(LOG4J2)
+        (self.conf_dir / "log4j2.properties").write_text(LOG4J2 + self.log4j_extra)
 
     def start(self) -> "SparkServer":
         spark_home = find_spark_home()
@@ -595,9 +603,9 @@ class SparkServer:
                 "--class", "org.apache.spark.sql.connect.service.SparkConnectServer"]
         if self.with_plugin:
             argv += ["--jars", str(find_jar())]
-        argv += ["--name", f"kbase-e2e-{self.name}", "spark-internal"]
+        argv = [*self.argv_prefix, *argv, "--name", f"kbase-e2e-{self.name}", "spark-internal"]
         (self.dir / "argv.txt").write_text(" ".join(argv) + "\n")
-        self.proc = ManagedProcess(f"spark[{self.name}]", argv, self.log_path, env, self.dir)
+        self.proc = ManagedProcess(f"spark[{self.name}]", argv, self.log_path, env, self.cwd or self.dir)
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> "SparkServer":

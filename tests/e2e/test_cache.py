@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import harness
 from harness import bearer, concurrent_config_rpcs, config_rpc, expect, kbase, spark_query
 from test_decisions import EXPECTED_ROWS
+
+pytestmark = pytest.mark.matrix  # every Spark version of the matrix (scripts/test.sh)
 
 
 def test_two_sessions_one_auth2_request(main, tokens):

@@ -7,6 +7,8 @@ import pytest
 import harness
 from harness import bearer, config_rpc, expect, expect_pyspark_denied, kbase, spark_query
 
+pytestmark = pytest.mark.matrix  # every Spark version of the matrix (scripts/test.sh)
+
 EXPECTED_ROWS = [(1, 1), (2, 4), (3, 9), (4, 16), (5, 25)]
 
 

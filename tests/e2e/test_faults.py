@@ -51,6 +51,7 @@ def test_auth2_fault_is_unavailable_then_recovers(short, tokens, clean_faults, m
     harness.wait_until(recovered, 15, 0.3, f"recovery after fault {mode}")
 
 
+@pytest.mark.matrix
 def test_cached_tokens_survive_an_outage(short, tokens, clean_faults):
     """A token validated a moment ago keeps working while Auth2 is down (cache hit)."""
     t = short.owner_token(tokens)

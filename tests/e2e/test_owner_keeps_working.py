@@ -140,6 +140,7 @@ def test_stale_if_error_off_is_unavailable_once_the_window_ends(short, tokens, c
     assert time.monotonic() - started <= 3.0 + 1.5
 
 
+@pytest.mark.matrix  # the new-token budget row (UNAVAILABLE without asking Auth2) on every version
 def test_random_token_flood_against_a_slow_auth2(resilient, tokens, healthy):
     """8 client threads send made-up tokens for 10 s while Auth2 answers in 200 ms and the owner
     calls steadily with a 2 s window. Auth2 sees no more flood lookups than the budget (burst 20
@@ -197,6 +198,7 @@ def test_a_token_expiring_while_auth2_answers_is_denied(resilient, tokens, healt
     assert fake.count(t) == 1
 
 
+@pytest.mark.matrix  # repeated metadata through each version's shaded gRPC
 @pytest.mark.parametrize("key", ["authorization", "x-kbase-token"])
 def test_repeated_token_metadata_is_ambiguous_in_either_order(main, key):
     """gRPC metadata may repeat a key: the owner's token and bob's, in either order, are

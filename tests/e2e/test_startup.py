@@ -63,6 +63,7 @@ def test_bad_configuration_refuses_to_start(failed_starts, name):
 
 
 @pytest.mark.slow
+@pytest.mark.matrix
 def test_trusted_addresses(workdir, main, all_servers):
     """trustedAddresses=127.0.0.1 lets token-less calls from loopback through (off by default,
     a documented hazard behind a same-host proxy) while tokens that are present still count.

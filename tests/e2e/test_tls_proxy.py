@@ -14,6 +14,8 @@ import harness
 from harness import NginxProxy, bearer, config_rpc, expect, kbase
 from test_decisions import EXPECTED_ROWS
 
+pytestmark = pytest.mark.matrix  # every Spark version of the matrix (scripts/test.sh)
+
 HERE = Path(__file__).resolve().parent
 
 

@@ -6,6 +6,8 @@ import pytest
 
 import harness
 
+pytestmark = pytest.mark.matrix  # every Spark version of the matrix (scripts/test.sh)
+
 
 def test_no_token_in_any_server_log(all_servers, tokens, workdir):
     secrets = tokens.all()

@@ -2,15 +2,28 @@ package us.kbase.spark;
 
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.OutputStream;
+import java.nio.channels.Channels;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.DirectoryStream;
+import java.nio.file.FileSystemException;
 import java.nio.file.Files;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.NotDirectoryException;
 import java.nio.file.Path;
 import java.nio.file.Paths;
-import java.nio.file.StandardCopyOption;
+import java.nio.file.StandardOpenOption;
+import java.nio.file.attribute.FileAttribute;
 import java.nio.file.attribute.PosixFilePermission;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.EnumSet;
+import java.util.LinkedHashMap;
 import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+
+import org.apache.spark.SparkEnv;
+import org.slf4j.LoggerFactory;
 
 /**
  * The JNI boundary: the loader of {@code libkbase_spark_auth.so} and every native method.
@@ -107,8 +120,9 @@ final class NativeAuth {
     /**
      * Loads the native library once per class loader: the file named by {@value #LIBRARY_PROPERTY}
      * or {@value #LIBRARY_ENV} if set (exactly that, no fallback), else the copy embedded in this
-     * jar, extracted to a private temporary file that is deleted once loaded. Each class loader
-     * extracts its own copy because the JVM refuses to bind one library file to two loaders.
+     * jar, extracted into a new private directory (see {@link #extractionDirs} for where) that is
+     * deleted once the library is loaded. Each class loader extracts its own copy because the JVM
+     * refuses to bind one library file to two loaders.
      *
      * @throws UnsatisfiedLinkError with the first failure's message, on this and every later call
      */
@@ -127,7 +141,10 @@ final class NativeAuth {
                 if (explicit != null && !explicit.isEmpty()) {
                     loadExplicit(explicit, source);
                 } else {
-                    loadEmbedded(resourcePath(System.getProperty("os.name"), System.getProperty("os.arch")));
+                    loadEmbedded(resourcePath(System.getProperty("os.name"), System.getProperty("os.arch")),
+                            extractionDirs(System.getProperty(TMPDIR_PROPERTY), System.getProperty("java.io.tmpdir"),
+                                    System.getenv("SPARK_LOCAL_DIRS"), sparkLocalDir(),
+                                    Paths.get("").toAbsolutePath().toString()));
                 }
                 loaded = true;
                 return;
@@ -177,46 +194,214 @@ final class NativeAuth {
         }
     }
 
-    private static void loadEmbedded(String resource) throws IOException {
-        Path dir = Paths.get(System.getProperty(TMPDIR_PROPERTY, System.getProperty("java.io.tmpdir")));
-        Path file;
-        try (InputStream in = NativeAuth.class.getResourceAsStream(resource)) {
-            if (in == null) {
-                throw new UnsatisfiedLinkError("this jar has no " + resource + " (it holds the library for the "
-                        + "platform it was built on; supported: " + SUPPORTED_PLATFORMS + "). Build the jar on this "
-                        + "platform or name a library with -D" + LIBRARY_PROPERTY + "=FILE or " + LIBRARY_ENV);
-            }
-            file = createPrivateTempFile(dir);
-            try {
-                Files.copy(in, file, StandardCopyOption.REPLACE_EXISTING);
-            } catch (IOException e) {
-                Files.deleteIfExists(file);
-                throw new IOException("cannot extract " + resource + " to " + file + ": " + e.getMessage()
-                        + "; choose another directory with -D" + TMPDIR_PROPERTY + "=DIR", e);
+    /**
+     * The directories the embedded library may be extracted to, in the order they are tried, each
+     * with where it came from: {@code -Dkbase.spark.auth.tmpdir}, {@code java.io.tmpdir}, Spark's
+     * local directories ({@code SPARK_LOCAL_DIRS}, then {@code spark.local.dir}; both
+     * comma-separated), the working directory. Null or blank entries are left out; a directory
+     * named twice is tried once, under its first source.
+     */
+    static Map<Path, String> extractionDirs(String tmpdirProperty, String javaIoTmpdir, String sparkLocalDirsEnv,
+            String sparkLocalDir, String workingDir) {
+        Map<Path, String> dirs = new LinkedHashMap<>();
+        addDir(dirs, tmpdirProperty, "-D" + TMPDIR_PROPERTY);
+        addDir(dirs, javaIoTmpdir, "java.io.tmpdir");
+        if (sparkLocalDirsEnv != null) {
+            for (String d : sparkLocalDirsEnv.split(",")) {
+                addDir(dirs, d, "SPARK_LOCAL_DIRS");
             }
         }
-        try {
-            System.load(file.toString());
-        } catch (UnsatisfiedLinkError e) {
-            throw withCause(new UnsatisfiedLinkError("cannot load " + resource + " extracted to " + file + ": "
-                    + e.getMessage() + " (if " + dir + " is mounted noexec, set -D" + TMPDIR_PROPERTY + "=DIR)"
-                    + libcHint()), e);
-        } finally {
-            // The mapping outlives the file on Linux; nothing is left behind in the directory.
-            Files.deleteIfExists(file);
+        if (sparkLocalDir != null) {
+            for (String d : sparkLocalDir.split(",")) {
+                addDir(dirs, d, "spark.local.dir");
+            }
+        }
+        addDir(dirs, workingDir, "working directory");
+        return dirs;
+    }
+
+    private static void addDir(Map<Path, String> dirs, String dir, String source) {
+        if (dir != null && !dir.trim().isEmpty()) {
+            dirs.putIfAbsent(Paths.get(dir.trim()).toAbsolutePath().normalize(), source);
         }
     }
 
-    /** A new empty file in {@code dir} that only the owner can read, write or map. */
-    static Path createPrivateTempFile(Path dir) throws IOException {
+    /** {@code spark.local.dir} from the running SparkConf, or the system property outside Spark. */
+    private static String sparkLocalDir() {
         try {
-            return Files.createTempFile(dir, "libkbase_spark_auth-", ".so", PosixFilePermissions.asFileAttribute(
-                    EnumSet.of(PosixFilePermission.OWNER_READ, PosixFilePermission.OWNER_WRITE,
-                            PosixFilePermission.OWNER_EXECUTE)));
-        } catch (IOException e) {
-            throw new IOException("cannot create a temporary file for " + LIBRARY_NAME + " in " + dir + ": " + e
-                    + "; choose a writable directory with -D" + TMPDIR_PROPERTY + "=DIR", e);
+            SparkEnv env = SparkEnv.get();
+            if (env != null) {
+                return env.conf().get("spark.local.dir", null);
+            }
+        } catch (LinkageError e) {
+            // No Spark classes at all: not inside Spark.
         }
+        return System.getProperty("spark.local.dir");
+    }
+
+    /**
+     * Extracts {@code resource} into the first usable directory of {@code dirs} and loads it.
+     * A directory is unusable when no private directory can be made in it (missing, not a
+     * directory, not writable), when the library cannot be written there (e.g. the file system
+     * is full) or when the written library cannot be loaded from there (e.g. mounted
+     * {@code noexec}). Falling back is logged as a warning naming the unusable directories.
+     *
+     * @return the directory the library was loaded from
+     * @throws UnsatisfiedLinkError naming every directory tried and why it failed
+     */
+    static Path loadEmbedded(String resource, Map<Path, String> dirs) {
+        if (NativeAuth.class.getResource(resource) == null) {
+            throw new UnsatisfiedLinkError("this jar has no " + resource + " (it holds the library for the "
+                    + "platform it was built on; supported: " + SUPPORTED_PLATFORMS + "). Build the jar on this "
+                    + "platform or name a library with -D" + LIBRARY_PROPERTY + "=FILE or " + LIBRARY_ENV);
+        }
+        StringBuilder tried = new StringBuilder();
+        int n = 0;
+        UnsatisfiedLinkError lastLoadError = null;
+        for (Map.Entry<Path, String> d : dirs.entrySet()) {
+            try {
+                extractAndLoad(resource, d.getKey());
+                if (n > 0) {
+                    LoggerFactory.getLogger(NativeAuth.class).warn(
+                            "KBase auth: loaded {} from {} ({}) after {} unusable director{}: {}; set -D{}=DIR to a "
+                                    + "writable directory that is not mounted noexec to skip them",
+                            LIBRARY_NAME, d.getKey(), d.getValue(), n, n == 1 ? "y" : "ies", tried, TMPDIR_PROPERTY);
+                } else {
+                    LoggerFactory.getLogger(NativeAuth.class).debug("KBase auth: loaded {} from {} ({})",
+                            LIBRARY_NAME, d.getKey(), d.getValue());
+                }
+                return d.getKey();
+            } catch (UnusableDirectory e) {
+                n++;
+                tried.append(n == 1 ? "" : "; ").append(n).append(") ").append(d.getKey())
+                        .append(" (").append(d.getValue()).append("): ").append(e.getMessage());
+                if (e.getCause() instanceof UnsatisfiedLinkError) {
+                    lastLoadError = (UnsatisfiedLinkError) e.getCause();
+                }
+            }
+        }
+        UnsatisfiedLinkError e = new UnsatisfiedLinkError("cannot load the embedded " + LIBRARY_NAME + ": no usable "
+                + "directory to extract it to; tried " + (n == 0 ? "none" : tried) + ". Set -D" + TMPDIR_PROPERTY
+                + "=DIR to a writable directory that is not mounted noexec, or name a library with -D"
+                + LIBRARY_PROPERTY + "=FILE" + libcHint());
+        if (lastLoadError != null) {
+            e.initCause(lastLoadError);
+        }
+        throw e;
+    }
+
+    /** Why one directory could not be used; the message is the reason, without the directory. */
+    static final class UnusableDirectory extends Exception {
+        private static final long serialVersionUID = 1L;
+
+        UnusableDirectory(String reason, Throwable cause) {
+            super(reason, cause);
+        }
+    }
+
+    private static final FileAttribute<Set<PosixFilePermission>> OWNER_ONLY = PosixFilePermissions.asFileAttribute(
+            EnumSet.of(PosixFilePermission.OWNER_READ, PosixFilePermission.OWNER_WRITE,
+                    PosixFilePermission.OWNER_EXECUTE));
+
+    /**
+     * In a new private directory under {@code parent}: writes the library once, loads it, and
+     * removes the file and the directory again (the mapping outlives the file on Linux).
+     */
+    private static void extractAndLoad(String resource, Path parent) throws UnusableDirectory {
+        Path dir;
+        try {
+            dir = createPrivateDirectory(parent);
+        } catch (IOException | UnsupportedOperationException | IllegalArgumentException e) {
+            // The other two: a file system without POSIX permissions or unix attributes.
+            throw new UnusableDirectory("cannot create a private directory there: " + reason(e, parent), e);
+        }
+        Path file = dir.resolve(LIBRARY_NAME);
+        try {
+            try (InputStream in = NativeAuth.class.getResourceAsStream(resource)) {
+                if (in == null) {
+                    throw new IOException("resource " + resource + " vanished");
+                }
+                writeOnce(in, file);
+            } catch (IOException e) {
+                throw new UnusableDirectory("cannot write the library there: " + reason(e, file), e);
+            }
+            try {
+                System.load(file.toString());
+            } catch (UnsatisfiedLinkError e) {
+                // The JVM and dlerror() both prefix the file's path; the directory is named anyway.
+                String m = String.valueOf(e.getMessage()).replace(file + ": ", "");
+                boolean noexec = m.contains("failed to map segment") || m.contains("Operation not permitted");
+                throw new UnusableDirectory("System.load failed: " + m
+                        + (noexec ? " (the file system is probably mounted noexec)" : ""), e);
+            }
+        } finally {
+            try {
+                Files.deleteIfExists(file);
+                Files.deleteIfExists(dir);
+            } catch (IOException e) {
+                // Best effort: a private, empty-or-unreadable-to-others directory is all that can remain.
+            }
+        }
+    }
+
+    /**
+     * A new directory in {@code parent} that only the owner can enter: created atomically with
+     * mode 0700 (mkdir fails rather than reuse an existing name), then set to exactly 0700 in case
+     * the umask took away owner bits. A parent that other users may write to without the sticky
+     * bit is refused: they could rename the new directory away and put their own in its place
+     * before the library is loaded.
+     */
+    static Path createPrivateDirectory(Path parent) throws IOException {
+        if (!Files.exists(parent)) {
+            throw new NoSuchFileException(parent.toString(), null, "does not exist");
+        }
+        if (!Files.isDirectory(parent)) {
+            throw new NotDirectoryException(parent.toString());
+        }
+        int mode = (Integer) Files.getAttribute(parent, "unix:mode");
+        if ((mode & 0022) != 0 && (mode & 01000) == 0) {
+            throw new FileSystemException(parent.toString(), null, String.format(
+                    "writable by other users without the sticky bit (mode %04o), so not safe", mode & 07777));
+        }
+        Path dir = Files.createTempDirectory(parent, "kbase-spark-auth-", OWNER_ONLY);
+        Files.setPosixFilePermissions(dir, OWNER_ONLY.value());
+        return dir;
+    }
+
+    /**
+     * Writes {@code in} to a file that must not exist yet (O_CREAT|O_EXCL, mode 0700): an
+     * existing file or symbolic link is never replaced or followed. A partial file is removed.
+     */
+    static void writeOnce(InputStream in, Path file) throws IOException {
+        boolean created = false;
+        try (OutputStream out = Channels.newOutputStream(Files.newByteChannel(file,
+                EnumSet.of(StandardOpenOption.CREATE_NEW, StandardOpenOption.WRITE), OWNER_ONLY))) {
+            created = true;
+            in.transferTo(out);
+        } catch (IOException e) {
+            if (created) {
+                Files.deleteIfExists(file);
+            }
+            throw e;
+        }
+    }
+
+    /** A short reason for an I/O failure: the OS's words where Java has them. */
+    private static String reason(Exception e, Path subject) {
+        if (e instanceof NoSuchFileException) {
+            return "does not exist";
+        }
+        if (e instanceof NotDirectoryException) {
+            return "not a directory";
+        }
+        if (e instanceof AccessDeniedException) {
+            return "permission denied";
+        }
+        if (e instanceof FileSystemException && ((FileSystemException) e).getReason() != null) {
+            return ((FileSystemException) e).getReason();
+        }
+        String m = e.getMessage();
+        return e.getClass().getSimpleName() + (m == null || m.equals(subject.toString()) ? "" : ": " + m);
     }
 
     /** Explains the libc requirement, naming musl when it is what this system runs. */

@@ -1,15 +1,18 @@
 package us.kbase.spark;
 
+import static java.nio.charset.StandardCharsets.UTF_8;
 import static org.hamcrest.CoreMatchers.containsString;
 import static org.hamcrest.CoreMatchers.startsWith;
 import static org.hamcrest.MatcherAssert.assertThat;
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertFalse;
+import static org.junit.Assert.assertNotEquals;
 import static org.junit.Assert.assertNotNull;
 import static org.junit.Assert.assertNotSame;
 import static org.junit.Assert.assertTrue;
 import static org.junit.Assert.fail;
 
+import java.io.ByteArrayInputStream;
 import java.io.File;
 import java.io.IOException;
 import java.lang.reflect.InvocationTargetException;
@@ -17,25 +20,31 @@ import java.lang.reflect.Method;
 import java.net.URL;
 import java.net.URLClassLoader;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import java.util.stream.Collectors;
 import java.util.stream.Stream;
 
+import org.junit.After;
+import org.junit.Assume;
 import org.junit.Rule;
 import org.junit.Test;
 import org.junit.rules.TemporaryFolder;
 import org.junit.rules.Timeout;
 
 import us.kbase.spark.testing.FakeAuth2;
+import us.kbase.spark.testing.LogCapture;
 import us.kbase.spark.testing.Tokens;
 
 /** The loader: platform mapping, error messages, kept failures and one copy per class loader. */
@@ -49,6 +58,8 @@ public class NativeAuthLoaderTest {
     public final Timeout timeout = Timeout.seconds(60);
     @Rule
     public final TemporaryFolder tmp = new TemporaryFolder();
+    /** tmpfs mounts of the running test, newest first; unmounted after it. */
+    private final List<Path> mounts = new ArrayList<>();
 
     @Test
     public void resourcePathPerPlatform() {
@@ -196,24 +207,30 @@ public class NativeAuthLoaderTest {
     }
 
     @Test
-    public void unwritableTmpdirIsNamed() throws Exception {
-        String dir = tmp.getRoot() + "/does-not-exist";
+    public void unusableTmpdirPropertyFallsBackToJavaIoTmpdir() throws Exception {
+        // Through load() itself: the property names a regular file, java.io.tmpdir is usable.
+        Path notADir = tmp.newFile("not-a-directory").toPath();
+        Path usable = tmp.newFolder("usable-java-io-tmpdir").toPath();
         Class<?> isolated = isolatedNativeAuth();
-        System.setProperty(NativeAuth.TMPDIR_PROPERTY, dir);
-        try {
-            UnsatisfiedLinkError e = loadError(isolated);
-            assertThat(e.getMessage(), containsString(dir));
-            assertThat(e.getMessage(), containsString(NativeAuth.TMPDIR_PROPERTY));
+        String savedTmpdir = System.getProperty("java.io.tmpdir");
+        System.setProperty(NativeAuth.TMPDIR_PROPERTY, notADir.toString());
+        System.setProperty("java.io.tmpdir", usable.toString());
+        try (LogCapture log = new LogCapture()) {
+            invoke(isolated, "load");
+            assertThat(log.text(), containsString("from " + usable + " (java.io.tmpdir) after 1 unusable directory: 1) "
+                    + notADir + " (-D" + NativeAuth.TMPDIR_PROPERTY + "): cannot create a private directory there: "
+                    + "not a directory"));
         } finally {
             System.clearProperty(NativeAuth.TMPDIR_PROPERTY);
+            System.setProperty("java.io.tmpdir", savedTmpdir);
         }
+        assertEquals(NativeAuth.INTERNAL, invoke(isolated, "panicProbe"));
+        assertEmpty(usable);
     }
 
     @Test
     public void eachClassLoaderGetsItsOwnCopyAndLeavesNoFile() throws Exception {
         Path dir = tmp.newFolder("extract").toPath();
-        String token = Tokens.newToken();
-        fake.addToken(token, "alice");
         NativeAuth.load();
         Class<?> a = isolatedNativeAuth();
         Class<?> b = isolatedNativeAuth();
@@ -225,26 +242,168 @@ public class NativeAuthLoaderTest {
         } finally {
             System.clearProperty(NativeAuth.TMPDIR_PROPERTY);
         }
-        try (Stream<Path> left = Files.list(dir)) {
-            assertEquals("extracted copies are deleted once loaded", 0, left.count());
+        assertEmpty(dir);
+        // The kernel's view: two copies, each from its own private directory under dir, both deleted.
+        try (Stream<String> maps = Files.lines(Paths.get("/proc/self/maps"))) {
+            long copies = maps.filter(l -> l.contains(dir + "/kbase-spark-auth-") && l.endsWith("/"
+                    + NativeAuth.LIBRARY_NAME + " (deleted)")).map(l -> l.substring(l.indexOf('/'))).distinct().count();
+            assertEquals(2, copies);
         }
-        String[] settings = {"spark.kbase.auth.url", fake.url, "spark.kbase.auth.owner", "alice"};
         for (Class<?> c : new Class<?>[] {a, b, NativeAuth.class}) {
-            long handle = (Long) invoke(c, "create", (Object) settings);
-            try {
-                assertEquals(0, invoke(c, "authorize", handle, "Bearer " + token, null, null, null, null));
-                assertEquals(NativeAuth.UNAUTHENTICATED, invoke(c, "authorize", handle, null, null, null, null, null));
-            } finally {
-                invoke(c, "destroy", handle);
-            }
+            assertAuthorizes(c);
+        }
+    }
+
+    // ------------------------------------------------------------------------- extraction directories
+
+    @Test
+    public void extractionDirectoriesInOrder() {
+        Map<Path, String> dirs = NativeAuth.extractionDirs("/x/prop", "/x/tmp/", " /x/local1, ,/x/local2,/x/tmp",
+                "/x/conf1,/x/local1 , /x/conf2", "/x/cwd");
+        assertEquals(Arrays.asList(
+                "/x/prop=-D" + NativeAuth.TMPDIR_PROPERTY,
+                "/x/tmp=java.io.tmpdir",
+                "/x/local1=SPARK_LOCAL_DIRS",
+                "/x/local2=SPARK_LOCAL_DIRS",
+                "/x/conf1=spark.local.dir",
+                "/x/conf2=spark.local.dir",
+                "/x/cwd=working directory"), entries(dirs));
+    }
+
+    @Test
+    public void unsetExtractionSourcesAreLeftOut() {
+        assertEquals(Arrays.asList("/x/tmp=java.io.tmpdir", "/x/cwd=working directory"),
+                entries(NativeAuth.extractionDirs(null, "/x/tmp", null, "", "/x/cwd")));
+        // The working directory is tried once even when it is also java.io.tmpdir.
+        assertEquals(Arrays.asList("/x/cwd=java.io.tmpdir"),
+                entries(NativeAuth.extractionDirs(" ", "/x/cwd", ",", null, "/x/./cwd")));
+    }
+
+    @Test
+    public void fallsBackPastUnusableDirectoriesInOrder() throws Exception {
+        Path notADir = tmp.newFile("regular-file").toPath();
+        Path missing = tmp.getRoot().toPath().resolve("no-such-parent/child");
+        Path usable = tmp.newFolder("usable").toPath();
+        Path later = tmp.newFolder("later").toPath();
+        Map<Path, String> dirs = dirs(notADir, "-D" + NativeAuth.TMPDIR_PROPERTY, missing, "java.io.tmpdir",
+                usable, "SPARK_LOCAL_DIRS", later, "working directory");
+        String log = loadsFrom(usable, dirs);
+        assertThat(log, containsString("WARN us.kbase.spark.NativeAuth - KBase auth: loaded libkbase_spark_auth.so from "
+                + usable + " (SPARK_LOCAL_DIRS) after 2 unusable directories: "
+                + "1) " + notADir + " (-D" + NativeAuth.TMPDIR_PROPERTY + "): cannot create a private directory there: "
+                + "not a directory; "
+                + "2) " + missing + " (java.io.tmpdir): cannot create a private directory there: does not exist; "
+                + "set -D" + NativeAuth.TMPDIR_PROPERTY + "=DIR"));
+        assertFalse("nothing is created where a directory is missing", Files.exists(missing));
+        assertEmpty(usable);
+        assertEmpty(later);
+    }
+
+    @Test
+    public void directoryOthersMayWriteIsUsedOnlyWithTheStickyBit() throws Exception {
+        Path open = tmp.newFolder("world-writable").toPath();
+        Path sticky = tmp.newFolder("world-writable-sticky").toPath();
+        Files.setAttribute(open, "unix:mode", 0777);
+        Files.setAttribute(sticky, "unix:mode", 01777);
+        String log = loadsFrom(sticky, dirs(open, "java.io.tmpdir", sticky, "SPARK_LOCAL_DIRS"));
+        assertThat(log, containsString("after 1 unusable directory: 1) " + open + " (java.io.tmpdir): cannot create a "
+                + "private directory there: writable by other users without the sticky bit (mode 0777), so not safe; set"));
+        assertEmpty(open);
+        assertEmpty(sticky);
+    }
+
+    @Test
+    public void noexecDirectoryIsSkipped() throws Exception {
+        Path noexec = mountTmpfs("noexec", "noexec,size=16m");
+        Path usable = tmp.newFolder("usable").toPath();
+        String log = loadsFrom(usable, dirs(noexec, "java.io.tmpdir", usable, "SPARK_LOCAL_DIRS"));
+        assertThat(log, containsString("after 1 unusable directory: 1) " + noexec + " (java.io.tmpdir): System.load failed: "
+                + "failed to map segment from shared object (the file system is probably mounted noexec); set -D"));
+        assertEmpty(noexec);
+        assertEmpty(usable);
+    }
+
+    @Test
+    public void fullDirectoryIsSkippedAndLeftEmpty() throws Exception {
+        Path full = mountTmpfs("full", "size=64k");
+        Path usable = tmp.newFolder("usable").toPath();
+        String log = loadsFrom(usable, dirs(full, "java.io.tmpdir", usable, "working directory"));
+        assertThat(log, containsString("1) " + full + " (java.io.tmpdir): cannot write the library there: "
+                + "IOException: No space left on device"));
+        assertEmpty(full);
+    }
+
+    @Test
+    public void everyUnusableDirectoryIsNamedInTheError() throws Exception {
+        Path notADir = tmp.newFile("regular-file").toPath();
+        Path missing = tmp.getRoot().toPath().resolve("missing");
+        UnsatisfiedLinkError e = embeddedLoadError(dirs(notADir, "-D" + NativeAuth.TMPDIR_PROPERTY,
+                missing, "SPARK_LOCAL_DIRS"));
+        assertThat(e.getMessage(), startsWith("KBase auth native library unavailable: cannot load the embedded "
+                + "libkbase_spark_auth.so: no usable directory to extract it to; tried "
+                + "1) " + notADir + " (-D" + NativeAuth.TMPDIR_PROPERTY + "): cannot create a private directory there: "
+                + "not a directory; "
+                + "2) " + missing + " (SPARK_LOCAL_DIRS): cannot create a private directory there: does not exist. "
+                + "Set -D" + NativeAuth.TMPDIR_PROPERTY + "=DIR to a writable directory that is not mounted noexec, "
+                + "or name a library with -D" + NativeAuth.LIBRARY_PROPERTY + "=FILE; the library needs"));
+    }
+
+    @Test
+    public void mountedUnusableDirectoriesAreNamedInTheError() throws Exception {
+        Path noexec = mountTmpfs("noexec", "noexec,size=16m");
+        Path full = mountTmpfs("full", "size=64k");
+        Path readOnly = mountTmpfs("read-only", "ro,size=1m");
+        UnsatisfiedLinkError e = embeddedLoadError(dirs(readOnly, "-D" + NativeAuth.TMPDIR_PROPERTY,
+                noexec, "java.io.tmpdir", full, "spark.local.dir"));
+        String m = e.getMessage();
+        assertThat(m, containsString("tried 1) " + readOnly + " (-D" + NativeAuth.TMPDIR_PROPERTY + "): cannot create "
+                + "a private directory there: Read-only file system; 2) " + noexec + " (java.io.tmpdir): "
+                + "System.load failed: failed to map segment from shared object (the file system is probably mounted "
+                + "noexec); 3) " + full + " (spark.local.dir): cannot write the library there: IOException: No space "
+                + "left on device. Set -D"));
+        assertThat("the noexec load failure is the cause", String.valueOf(e.getCause().getCause()),
+                containsString("failed to map segment"));
+        assertEmpty(noexec);
+        assertEmpty(full);
+    }
+
+    @Test
+    public void privateDirectoryIsNewAndOwnerOnly() throws IOException {
+        Path parent = tmp.getRoot().toPath();
+        Path a = NativeAuth.createPrivateDirectory(parent);
+        Path b = NativeAuth.createPrivateDirectory(parent);
+        assertNotEquals(a, b);
+        for (Path d : new Path[] {a, b}) {
+            assertEquals(parent, d.getParent());
+            assertTrue(Files.isDirectory(d, LinkOption.NOFOLLOW_LINKS));
+            assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(d)));
+            assertThat(d.getFileName().toString(), startsWith("kbase-spark-auth-"));
         }
     }
 
     @Test
-    public void extractedCopyIsPrivateToTheOwner() throws IOException {
-        Path f = NativeAuth.createPrivateTempFile(tmp.getRoot().toPath());
-        assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(f)));
-        assertThat(f.getFileName().toString(), startsWith("libkbase_spark_auth-"));
+    public void libraryIsWrittenOnceNeverReplacedOrFollowed() throws IOException {
+        Path dir = tmp.newFolder("w").toPath();
+        Path fresh = dir.resolve("fresh.so");
+        NativeAuth.writeOnce(new ByteArrayInputStream("ELF".getBytes(UTF_8)), fresh);
+        assertEquals("ELF", Files.readString(fresh));
+        assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(fresh)));
+
+        // A name that someone else got to first is never overwritten, and a link never followed.
+        Path existing = Files.writeString(dir.resolve("existing.so"), "theirs");
+        Path target = Files.writeString(dir.resolve("target"), "victim");
+        Path link = Files.createSymbolicLink(dir.resolve("link.so"), target);
+        for (Path p : new Path[] {existing, link}) {
+            try {
+                NativeAuth.writeOnce(new ByteArrayInputStream("ours".getBytes(UTF_8)), p);
+                fail("wrote to " + p);
+            } catch (FileAlreadyExistsException expected) {
+                // O_CREAT|O_EXCL
+            }
+        }
+        assertEquals("theirs", Files.readString(existing));
+        assertEquals("victim", Files.readString(target));
+        assertTrue(Files.isSymbolicLink(link));
     }
 
     @Test
@@ -304,5 +463,100 @@ public class NativeAuthLoaderTest {
         }
         fail("load() succeeded");
         return null;
+    }
+
+    /** A tmpfs mounted on a new directory, unmounted after the test; the test is skipped (with the reason) where mounting is impossible. */
+    private Path mountTmpfs(String name, String options) throws Exception {
+        Path dir = tmp.newFolder("mnt-" + name).toPath();
+        Process p = new ProcessBuilder("mount", "-t", "tmpfs", "-o", options, "tmpfs", dir.toString())
+                .redirectErrorStream(true).start();
+        String out = new String(p.getInputStream().readAllBytes(), UTF_8).trim();
+        boolean ok = p.waitFor(30, TimeUnit.SECONDS) && p.exitValue() == 0;
+        if (!ok) {
+            String why = "SKIPPED: cannot mount a tmpfs (" + options + ") here: needs root or CAP_SYS_ADMIN: " + out;
+            System.err.println(why);
+            Assume.assumeTrue(why, false);
+        }
+        mounts.add(0, dir);
+        return dir;
+    }
+
+    @After
+    public void unmountAll() throws Exception {
+        for (Path dir : mounts) {
+            Process p = new ProcessBuilder("umount", dir.toString()).redirectErrorStream(true).start();
+            if (!p.waitFor(30, TimeUnit.SECONDS) || p.exitValue() != 0) {
+                new ProcessBuilder("umount", "-l", dir.toString()).inheritIO().start().waitFor(30, TimeUnit.SECONDS);
+            }
+        }
+        mounts.clear();
+    }
+
+    private static String resource() {
+        return NativeAuth.resourcePath(System.getProperty("os.name"), System.getProperty("os.arch"));
+    }
+
+    /** Directory/source pairs in order. */
+    private static Map<Path, String> dirs(Object... dirAndSource) {
+        Map<Path, String> m = new LinkedHashMap<>();
+        for (int i = 0; i < dirAndSource.length; i += 2) {
+            m.put((Path) dirAndSource[i], (String) dirAndSource[i + 1]);
+        }
+        return m;
+    }
+
+    private static List<String> entries(Map<Path, String> dirs) {
+        List<String> out = new ArrayList<>();
+        dirs.forEach((d, s) -> out.add(d + "=" + s));
+        return out;
+    }
+
+    private static void assertEmpty(Path dir) throws IOException {
+        try (Stream<Path> left = Files.list(dir)) {
+            assertEquals("left behind in " + dir, "[]", Arrays.toString(left.toArray()));
+        }
+    }
+
+    /**
+     * loadEmbedded(dirs) in a fresh class loader: asserts it used {@code expected} and that the
+     * library it loaded decides calls; returns what was logged meanwhile.
+     */
+    private static String loadsFrom(Path expected, Map<Path, String> dirs) throws Exception {
+        Class<?> isolated = isolatedNativeAuth();
+        String log;
+        try (LogCapture capture = new LogCapture()) {
+            assertEquals(expected, invoke(isolated, "loadEmbedded", resource(), dirs));
+            log = capture.text();
+        }
+        assertAuthorizes(isolated);
+        return log;
+    }
+
+    /** The failure of loadEmbedded(dirs) in a fresh class loader, as load() reports it. */
+    private static UnsatisfiedLinkError embeddedLoadError(Map<Path, String> dirs) throws Exception {
+        Class<?> isolated = isolatedNativeAuth();
+        try {
+            invoke(isolated, "loadEmbedded", resource(), dirs);
+        } catch (UnsatisfiedLinkError e) {
+            UnsatisfiedLinkError wrapped = new UnsatisfiedLinkError("KBase auth native library unavailable: " + e.getMessage());
+            wrapped.initCause(e);
+            return wrapped;
+        }
+        fail("loadEmbedded succeeded");
+        return null;
+    }
+
+    /** The library now loaded in {@code isolated}'s class loader decides calls. */
+    private static void assertAuthorizes(Class<?> isolated) throws Exception {
+        String token = Tokens.newToken();
+        fake.addToken(token, "alice");
+        long handle = (Long) invoke(isolated, "create",
+                (Object) new String[] {"spark.kbase.auth.url", fake.url, "spark.kbase.auth.owner", "alice"});
+        try {
+            assertEquals(0, invoke(isolated, "authorize", handle, "Bearer " + token, null, null, null, null));
+            assertEquals(NativeAuth.UNAUTHENTICATED, invoke(isolated, "authorize", handle, null, null, null, null, null));
+        } finally {
+            invoke(isolated, "destroy", handle);
+        }
     }
 }
