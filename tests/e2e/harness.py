@@ -160,8 +160,13 @@ class TokenRegistry:
             return sorted(self._tokens)
 
 
+class ProcessExited(RuntimeError):
+    """A process being waited for has exited: waiting longer cannot help."""
+
+
 def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "condition"):
-    """Polls ``pred`` until it returns a truthy value; raises TimeoutError after ``timeout`` s."""
+    """Polls ``pred`` until it returns a truthy value; raises TimeoutError after ``timeout`` s.
+    Other exceptions from ``pred`` count as "not yet", except :class:`ProcessExited`."""
     deadline = time.monotonic() + timeout
     last_exc: Optional[BaseException] = None
     while True:
@@ -169,6 +174,8 @@ def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "conditi
             v = pred()
             if v:
                 return v
+        except ProcessExited:
+            raise
         except Exception as e:  # noqa: BLE001 - the predicate may fail while starting up
             last_exc = e
         if time.monotonic() >= deadline:
@@ -314,7 +321,7 @@ class FakeAuth2:
 
         def ready():
             if not self.proc.alive():
-                raise RuntimeError(f"fake-auth2 exited with {self.proc.proc.returncode}:\n"
+                raise ProcessExited(f"fake-auth2 exited with {self.proc.proc.returncode}:\n"
                                    f"{tail(self.proc.log_path)}")
             if self.ready_file.is_file():
                 return json.loads(self.ready_file.read_text())
@@ -643,7 +650,7 @@ class SparkServer:
             self.proc.stop(grace=20)
 
 
-class ServerExited(RuntimeError):
+class ServerExited(ProcessExited):
     def __init__(self, server: SparkServer):
         super().__init__(f"Spark server {server.name} exited with {server.proc.proc.returncode}:\n"
                          f"{tail(server.log_path)}")
@@ -816,7 +823,7 @@ http {{
 
         def ready():
             if not self.proc.alive():
-                raise RuntimeError(f"nginx exited:\n{tail(d / 'logs/error.log')}")
+                raise ProcessExited(f"nginx exited:\n{tail(d / 'logs/error.log')}")
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
 
