@@ -440,17 +440,28 @@ impl Drop for Exchange {
 
 /// The per-call check of a cached verdict: expiry first (every call, hits included), then what
 /// Auth2 and the policy said.
+#[inline]
 fn judge(e: &Entry, now_wall: i64) -> Result<(), Denial> {
+    match &e.outcome {
+        Outcome::Allow(_) if e.expires_ms > now_wall => Ok(()),
+        _ => Err(denial_of(e, now_wall)),
+    }
+}
+
+/// The denial [`judge`] gives; apart, so that the allow path stays a compare and a branch.
+#[cold]
+#[inline(never)]
+fn denial_of(e: &Entry, now_wall: i64) -> Denial {
     if e.expires_ms <= now_wall {
         let at = format_epoch_ms(e.expires_ms);
-        return Err(Denial::new(
+        return Denial::new(
             Reason::Expired,
             format!("KBase token expired at {at}; log in to KBase again and use the new token"),
-        ));
+        );
     }
     match &e.outcome {
-        Outcome::Allow(_) => Ok(()),
-        Outcome::Deny(d) => Err((**d).clone()),
+        Outcome::Deny(d) => (**d).clone(),
+        Outcome::Allow(_) => internal_error("an unexpired allow judged as a denial"),
     }
 }
 

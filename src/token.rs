@@ -94,7 +94,19 @@ pub enum TokenError {
 /// case-insensitive) and `x-kbase-token` metadata keys (gRPC metadata may repeat a key). Any
 /// malformed value poisons the call; values naming different tokens are ambiguous and refused,
 /// whatever their order; identical repeats are fine.
+#[inline]
 pub fn extract<'a>(authorization: &[&'a str], kbase_token: &[&'a str]) -> Result<Token<'a>, TokenError> {
+    // The usual call: one value of one key.
+    match (authorization, kbase_token) {
+        ([a], []) => return parse_bearer(a),
+        ([], [k]) => return validate(k),
+        _ => {}
+    }
+    extract_all(authorization, kbase_token)
+}
+
+#[inline(never)]
+fn extract_all<'a>(authorization: &[&'a str], kbase_token: &[&'a str]) -> Result<Token<'a>, TokenError> {
     let mut found: Option<Token<'a>> = None;
     let bearers = authorization.iter().map(|v| parse_bearer(v));
     for t in bearers.chain(kbase_token.iter().map(|v| validate(v))) {
@@ -107,6 +119,7 @@ pub fn extract<'a>(authorization: &[&'a str], kbase_token: &[&'a str]) -> Result
     found.ok_or(TokenError::Missing)
 }
 
+#[inline]
 fn parse_bearer(value: &str) -> Result<Token<'_>, TokenError> {
     let value = value.trim();
     let scheme = value.get(..6).filter(|s| s.eq_ignore_ascii_case("bearer"));
@@ -117,6 +130,7 @@ fn parse_bearer(value: &str) -> Result<Token<'_>, TokenError> {
     }
 }
 
+#[inline]
 fn validate(raw: &str) -> Result<Token<'_>, TokenError> {
     let t = raw.trim();
     if t.is_empty() {
