@@ -124,6 +124,7 @@ def main() -> int:
 
         print(f"2. flood on R: {ARGS.flood_threads} threads of random tokens for {ARGS.flood_seconds} s")
         r = servers["R"]
+        config_rpc(r.target, bearer(owner))  # R sat idle past its window: the one waiting call, unmeasured
         log_before = len(r.log_text().splitlines())
         fake.reset()
         stop = threading.Event()

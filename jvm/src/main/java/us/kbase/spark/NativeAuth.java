@@ -251,9 +251,9 @@ final class NativeAuth {
      */
     static Path loadEmbedded(String resource, Map<Path, String> dirs) {
         if (NativeAuth.class.getResource(resource) == null) {
-            throw new UnsatisfiedLinkError("this jar has no " + resource + " (it holds the library for the "
-                    + "platform it was built on; supported: " + SUPPORTED_PLATFORMS + "). Build the jar on this "
-                    + "platform or name a library with -D" + LIBRARY_PROPERTY + "=FILE or " + LIBRARY_ENV);
+            throw new UnsatisfiedLinkError("this jar has no " + resource + " (a jar built by this project "
+                    + "holds " + SUPPORTED_PLATFORMS + "; was it repackaged?). Use the project's jar, or name a "
+                    + "library with -D" + LIBRARY_PROPERTY + "=FILE or " + LIBRARY_ENV);
         }
         StringBuilder tried = new StringBuilder();
         int n = 0;
