@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import threading
 import time
@@ -127,27 +126,11 @@ def main() -> int:
         config_rpc(r.target, bearer(owner))  # R sat idle past its window: the one waiting call, unmeasured
         log_before = len(r.log_text().splitlines())
         fake.reset()
-        stop = threading.Event()
-        flood_codes: dict = {}
-        lock = threading.Lock()
-
-        def flood():
-            while not stop.is_set():
-                o = config_rpc(r.target, bearer(tokens.new()), timeout=30)
-                with lock:
-                    flood_codes[o.name] = flood_codes.get(o.name, 0) + 1
-
-        threads = [threading.Thread(target=flood, daemon=True) for _ in range(ARGS.flood_threads)]
-        t0 = time.monotonic()
-        for th in threads:
-            th.start()
-        with_flood: list = []
-        owner_codes: dict = {}
-        timed_calls(r.target, bearer(owner), ARGS.flood_seconds, with_flood, owner_codes)
-        stop.set()
-        for th in threads:
-            th.join(60)
-        secs = time.monotonic() - t0
+        with harness.TokenFlood(r.target, tokens, threads=ARGS.flood_threads) as flood:
+            with_flood: list = []
+            owner_codes: dict = {}
+            timed_calls(r.target, bearer(owner), ARGS.flood_seconds, with_flood, owner_codes)
+        secs, flood_codes = flood.seconds, flood.codes
         flood_lookups = fake.total() - fake.count(owner)
         lines = [ln for ln in r.log_text().splitlines()[log_before:] if "KBase auth" in ln]
         alone: list = []

@@ -24,6 +24,11 @@ pub fn fake(tokens: Vec<TokenEntry>) -> FakeAuth2 {
 
 /// An authenticator for `fake` with owner `alice`, short timeouts, and `extra` settings.
 pub fn authenticator(fake: &FakeAuth2, extra: &[(&str, &str)]) -> Authenticator {
+    Authenticator::new(settings(fake, extra)).expect("valid settings")
+}
+
+/// The settings [`authenticator`] uses.
+pub fn settings(fake: &FakeAuth2, extra: &[(&str, &str)]) -> kbase_spark_auth::Settings {
     let mut map: HashMap<String, String> = HashMap::from([
         ("spark.kbase.auth.url".into(), fake.url()),
         ("spark.kbase.auth.owner".into(), OWNER.into()),
@@ -38,7 +43,7 @@ pub fn authenticator(fake: &FakeAuth2, extra: &[(&str, &str)]) -> Authenticator 
     for (k, v) in extra {
         map.insert((*k).into(), (*v).into());
     }
-    Authenticator::from_map(&map).expect("valid settings")
+    kbase_spark_auth::Settings::from_map(&map).expect("valid settings")
 }
 
 pub fn bearer(token: &str) -> String {
@@ -86,24 +91,15 @@ pub fn new_token(tag: &str) -> String {
 
 pub use kbase_spark_auth::clock::{Clock, ManualClock};
 
-/// As [`authenticator`], reading time from `clock`.
+/// As [`authenticator`] (with a 2 s request timeout), reading time from `clock`.
 pub fn authenticator_at(
     fake: &FakeAuth2,
     extra: &[(&str, &str)],
     clock: &std::sync::Arc<ManualClock>,
 ) -> Authenticator {
-    let mut map: HashMap<String, String> = HashMap::from([
-        ("spark.kbase.auth.url".into(), fake.url()),
-        ("spark.kbase.auth.owner".into(), OWNER.into()),
-        ("spark.kbase.auth.connectTimeout".into(), "500ms".into()),
-        ("spark.kbase.auth.requestTimeout".into(), "2s".into()),
-        ("spark.kbase.auth.failFast.threshold".into(), "0".into()),
-    ]);
-    for (k, v) in extra {
-        map.insert((*k).into(), (*v).into());
-    }
-    let settings = kbase_spark_auth::Settings::from_map(&map).expect("valid settings");
-    Authenticator::with_clock(settings, Clock::Manual(clock.clone())).expect("valid settings")
+    let extra: Vec<(&str, &str)> =
+        [("spark.kbase.auth.requestTimeout", "2s")].into_iter().chain(extra.iter().copied()).collect();
+    Authenticator::with_clock(settings(fake, &extra), Clock::Manual(clock.clone())).expect("valid settings")
 }
 
 /// Waits until no Auth2 exchange (background ones included) is in flight.

@@ -856,3 +856,42 @@ def expect(outcome: Outcome, code: str, *phrases: str, secrets: Sequence[str] = 
         rest = tuple(m for m in outcome.trailers if m[0] not in extra)
         assert rest == (), f"a denied call must carry empty trailers, got {outcome}"
     return outcome
+
+
+# ----------------------------------------------------------------------------- floods
+
+
+class TokenFlood:
+    """``threads`` client threads sending raw Config RPCs, each with a new random well-formed
+    token (registered, so the log checks look for them too), from ``with`` entry to exit.
+    ``codes`` counts their statuses; ``seconds`` is how long it ran."""
+
+    def __init__(self, target: str, registry: TokenRegistry, threads: int = 8):
+        self.target, self.registry = target, registry
+        self.codes: dict = {}
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            o = config_rpc(self.target, bearer(self.registry.new()), timeout=30)
+            with self._lock:
+                self.codes[o.name] = self.codes.get(o.name, 0) + 1
+
+    def __enter__(self) -> "TokenFlood":
+        self._started = time.monotonic()
+        for th in self._threads:
+            th.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join(60)
+        self.seconds = time.monotonic() - self._started
+
+    @property
+    def calls(self) -> int:
+        return sum(self.codes.values())

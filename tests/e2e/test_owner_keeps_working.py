@@ -9,7 +9,6 @@ server. Windows are made short per token through the fake's ``cachefor``.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -152,25 +151,9 @@ def test_random_token_flood_against_a_slow_auth2(resilient, tokens, healthy):
     fake.fault("delay", 200)
     fake.reset()
     log_before = len(server.log_text().splitlines())
-    stop = threading.Event()
-    flood_codes: dict = {}
-    lock = threading.Lock()
-
-    def flood():
-        while not stop.is_set():
-            o = config_rpc(server.target, bearer(tokens.new()), timeout=30)
-            with lock:
-                flood_codes[o.name] = flood_codes.get(o.name, 0) + 1
-
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
-    started = time.monotonic()
-    for th in threads:
-        th.start()
-    owner_outs = steady_calls(server.target, bearer(owner), 10, every=0.05)
-    stop.set()
-    for th in threads:
-        th.join(60)
-    seconds = time.monotonic() - started
+    with harness.TokenFlood(server.target, tokens, threads=8) as flood:
+        owner_outs = steady_calls(server.target, bearer(owner), 10, every=0.05)
+    seconds, flood_codes = flood.seconds, flood.codes
 
     bad = [str(o) for o in owner_outs if o.name != "OK"]
     assert not bad, f"the owner was denied during the flood: {bad[:3]}"
