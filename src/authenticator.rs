@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::policy::Policy;
 use crate::settings::{ConfigError, Settings};
 use crate::token::{self, Token, TokenError, TokenKey};
+use crate::users::{UserId, Users};
 use crate::{runtime, startup};
 
 pub const MSG_MISSING: &str = "missing KBase token: connect with sc://HOST:PORT/;token=<KBase token> \
@@ -35,13 +36,18 @@ pub const MSG_UNAVAILABLE: &str = "KBase auth service unavailable; the token cou
 pub const MSG_TOO_MANY_NEW_TOKENS: &str =
     "too many new KBase tokens right now; the token was not checked, retry shortly";
 
-/// An allowed call. Nearly always [`Allowed::Quietly`]; a verdict allowed on stale grounds
-/// carries the one warning its token's outage gets.
+/// An allowed call: the user the token proved (`None` only for a token-less call from a
+/// trusted address) and, rarely, one line to log at WARN (the first stale allow of an outage).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Allowed {
-    Quietly,
-    /// Allowed; log this line at WARN.
-    WithWarning(String),
+pub struct Allowed {
+    pub user: Option<UserId>,
+    pub warning: Option<String>,
+}
+
+impl Allowed {
+    fn user(id: UserId) -> Allowed {
+        Allowed { user: Some(id), warning: None }
+    }
 }
 
 pub struct Authenticator {
@@ -59,6 +65,7 @@ struct Inner {
     breaker: Breaker,
     metrics: Metrics,
     denial_log: DenialLog,
+    users: Users,
     clock: Clock,
 }
 
@@ -91,6 +98,7 @@ impl Authenticator {
             breaker: Breaker::new(settings.fail_fast_threshold, settings.fail_fast_cooldown),
             metrics: Metrics::default(),
             denial_log: DenialLog::default(),
+            users: Users::default(),
             clock,
             settings,
         };
@@ -135,30 +143,68 @@ impl Authenticator {
         self.inner.flights.len()
     }
 
+    /// The name behind a verified user's number (see [`crate::users`]).
+    pub fn user_name(&self, id: UserId) -> Option<Arc<str>> {
+        self.inner.users.name(id)
+    }
+
     /// Decides one call from every value of its `authorization` and `x-kbase-token` metadata
     /// and, if [`wants_peer_address`](Self::wants_peer_address), the caller's IP address. The
-    /// only decision function: the JNI export calls exactly this.
+    /// plugin's decision function: the JNI export calls exactly this. A call that must wait for
+    /// Auth2 blocks this thread (with a bound).
     pub fn authorize(
         &self,
         authorization: &[&str],
         kbase_token: &[&str],
         peer: Option<&str>,
     ) -> Result<Allowed, Denial> {
-        let inner = &self.inner;
-        let Some(now) = inner.clock.now() else {
-            // Unknown "now" makes every expiry meaningless: fail closed.
-            let denial = internal_error("the system clock cannot be read");
-            inner.metrics.decided(Some(denial.reason), false);
-            return Err(inner.with_log_verdict(denial, 0));
-        };
-        let (result, hit) = match token::extract(authorization, kbase_token) {
-            Ok(token) => Inner::decide_token(inner, token, now),
-            Err(TokenError::Missing) if inner.is_trusted(peer) => (Ok(Allowed::Quietly), false),
-            Err(e) => (Err(token_denial(e)), false),
-        };
-        inner.metrics.decided(result.as_ref().err().map(|d| d.reason), hit);
-        result.map_err(|d| inner.with_log_verdict(d, now.mono_ms))
+        match self.inner.begin(authorization, kbase_token, peer) {
+            Step::Decided(decided) => self.inner.conclude(decided),
+            Step::Wait(w) => {
+                let fetched = w.flight.wait(self.inner.wait_bound());
+                self.inner.conclude(self.inner.after_wait(w, fetched))
+            }
+        }
     }
+
+    /// The same decision for async callers (the gateway): a cache hit answers without leaving
+    /// the task; a call that must wait for Auth2 awaits it (with the same bound) and never
+    /// blocks the thread.
+    pub async fn authorize_async(&self, authorization: &[&str], kbase_token: &[&str]) -> Result<Allowed, Denial> {
+        match self.inner.begin(authorization, kbase_token, None) {
+            Step::Decided(decided) => self.inner.conclude(decided),
+            Step::Wait(w) => {
+                let fetched = w.flight.wait_async(self.inner.wait_bound()).await;
+                self.inner.conclude(self.inner.after_wait(w, fetched))
+            }
+        }
+    }
+}
+
+/// Where a call stands after the synchronous part of its decision.
+enum Step<'a> {
+    Decided(Decided<'a>),
+    /// An Auth2 exchange must answer first.
+    Wait(Waiting<'a>),
+}
+
+/// A decision, not yet counted and logged.
+struct Decided<'a> {
+    result: Result<Allowed, Denial>,
+    /// Whether the verdict came from the cache.
+    hit: bool,
+    /// Names the token in a denial's log line.
+    token: Option<Token<'a>>,
+    /// The monotonic time of the decision, for the denial log.
+    now_mono: u64,
+}
+
+/// A call waiting for the exchange of its token.
+struct Waiting<'a> {
+    token: Token<'a>,
+    /// The token's ended entry, if the cache still had one.
+    old: Option<Arc<Entry>>,
+    flight: Arc<Flight<Fetched>>,
 }
 
 impl Inner {
@@ -166,56 +212,77 @@ impl Inner {
         peer.and_then(|p| p.parse::<IpAddr>().ok()).is_some_and(|ip| self.settings.trusted_addresses.contains(&ip))
     }
 
-    fn with_log_verdict(&self, mut denial: Denial, now_mono: u64) -> Denial {
-        denial.log = self.denial_log.admit(denial.reason, now_mono);
-        denial
-    }
-
-    /// Also says whether the answer came from the cache.
-    fn decide_token(self: &Arc<Self>, token: Token<'_>, now: Now) -> (Result<Allowed, Denial>, bool) {
+    /// Everything up to a wait for Auth2: clocks, token, cache, gates.
+    fn begin<'a>(self: &Arc<Self>, authorization: &[&'a str], kbase_token: &[&'a str], peer: Option<&str>) -> Step<'a> {
+        let Some(now) = self.clock.now() else {
+            // Unknown "now" makes every expiry meaningless: fail closed.
+            let result = Err(internal_error("the system clock cannot be read"));
+            return Step::Decided(Decided { result, hit: false, token: None, now_mono: 0 });
+        };
+        let decided = |result, hit, token| Step::Decided(Decided { result, hit, token, now_mono: now.mono_ms });
+        let token = match token::extract(authorization, kbase_token) {
+            Ok(token) => token,
+            Err(TokenError::Missing) if self.is_trusted(peer) => {
+                return decided(Ok(Allowed { user: None, warning: None }), false, None)
+            }
+            Err(e) => return decided(Err(token_denial(e)), false, None),
+        };
         let key = token.key();
         let lookup = self.cache.lookup(&key, now.mono_ms, |e| {
             let verdict = judge(e, now.wall_ms);
             let refresh = verdict.is_ok() && e.claim_refresh(now.mono_ms);
             (verdict, refresh)
         });
-        let (result, hit) = match lookup {
+        let old = match lookup {
             Lookup::Fresh((verdict, refresh)) => {
                 if refresh {
                     self.metrics.refreshes.inc();
                     self.in_background(token, key, now);
                 }
-                (verdict.map(|()| Allowed::Quietly), true)
+                return decided(verdict.map(Allowed::user), true, Some(token));
             }
-            Lookup::Ended(old) => (self.revalidate(token, key, Some(old), now), false),
-            Lookup::Absent => (self.revalidate(token, key, None, now), false),
+            Lookup::Ended(old) => Some(old),
+            Lookup::Absent => None,
         };
-        let result = result.map_err(|mut d| {
-            d.fingerprint = Some(token.fingerprint());
-            d
-        });
-        (result, hit)
+        match self.revalidate(token, key, old, now) {
+            Ok(waiting) => Step::Wait(waiting),
+            Err(result) => decided(result, false, Some(token)),
+        }
     }
 
-    /// A call whose token has no fresh entry: one exchange (shared), waited for with a bound.
-    fn revalidate(
+    /// Counts and logs a decision, and names the token in its denial.
+    fn conclude(&self, d: Decided<'_>) -> Result<Allowed, Denial> {
+        let result = d.result.map_err(|mut denial| {
+            denial.fingerprint = d.token.map(|t| t.fingerprint());
+            denial
+        });
+        self.metrics.decided(result.as_ref().err().map(|d| d.reason), d.hit);
+        result.map_err(|mut denial| {
+            denial.log = self.denial_log.admit(denial.reason, d.now_mono);
+            denial
+        })
+    }
+
+    /// A call whose token has no fresh entry: joins or starts the one exchange for its token,
+    /// unless the ended entry settles the call at once.
+    fn revalidate<'a>(
         self: &Arc<Self>,
-        token: Token<'_>,
+        token: Token<'a>,
         key: TokenKey,
         old: Option<Arc<Entry>>,
         now: Now,
-    ) -> Result<Allowed, Denial> {
+    ) -> Result<Waiting<'a>, Result<Allowed, Denial>> {
         self.metrics.miss();
         // A token known to have expired will not become valid again: no need to ask.
         if let Some(e) = old.as_ref().filter(|e| e.is_allow() && e.expires_ms <= now.wall_ms) {
-            return judge(e, now.wall_ms).map(|()| Allowed::Quietly);
+            return Err(judge(e, now.wall_ms).map(Allowed::user));
         }
         // An outage already met by this entry: answer from it at once, retry in the background.
         if let Some(e) = old.as_ref().filter(|e| e.is_stale() && self.stale_usable(e, now)) {
             if e.claim_refresh(now.mono_ms) {
                 self.in_background(token, key, now);
             }
-            return Ok(self.stale_allow(e, token, "Auth2 still failing"));
+            return Err(Ok(self.stale_allow(e, token, "Auth2 still failing")));
         }
         let retain_ms = self.settings.retain_valid().as_millis() as u64;
         let known_valid = old.as_ref().is_some_and(|e| {
@@ -233,27 +300,37 @@ impl Inner {
                 f
             }
         };
-        let fetched = flight.wait(self.wait_bound()).unwrap_or_else(|| {
+        Ok(Waiting { token, old, flight })
+    }
+
+    /// Judges what the exchange came to (or its absence), with the time *after* the wait: a
+    /// token may expire while Auth2 answers.
+    fn after_wait<'a>(self: &Arc<Self>, w: Waiting<'a>, fetched: Option<Fetched>) -> Decided<'a> {
+        let token = Some(w.token);
+        let Some(now) = self.clock.now() else {
+            let result = Err(internal_error("the system clock cannot be read"));
+            return Decided { result, hit: false, token, now_mono: 0 };
+        };
+        let decided = |result| Decided { result, hit: false, token, now_mono: now.mono_ms };
+        let fetched = fetched.unwrap_or_else(|| {
             Fetched::Unavailable(format!("no answer from Auth2 within {:?}", self.wait_bound()).into())
         });
-        // Judge with the time *after* the wait: a token may expire while Auth2 answers.
-        let Some(now) = self.clock.now() else { return Err(internal_error("the system clock cannot be read")) };
         let denial = match fetched {
-            Fetched::Entry(e) => return judge(&e, now.wall_ms).map(|()| Allowed::Quietly),
-            Fetched::InvalidUncached => return Err(Denial::new(Reason::Invalid, MSG_INVALID)),
+            Fetched::Entry(e) => return decided(judge(&e, now.wall_ms).map(Allowed::user)),
+            Fetched::InvalidUncached => return decided(Err(Denial::new(Reason::Invalid, MSG_INVALID))),
             Fetched::Refused(Refusal::BudgetSpent) => {
-                return Err(Denial::new(Reason::TooManyNewTokens, MSG_TOO_MANY_NEW_TOKENS)
-                    .with_detail(Refusal::BudgetSpent.to_string()))
+                return decided(Err(Denial::new(Reason::TooManyNewTokens, MSG_TOO_MANY_NEW_TOKENS)
+                    .with_detail(Refusal::BudgetSpent.to_string())))
             }
             Fetched::Refused(r) => unavailable(&r.to_string()),
             Fetched::Unavailable(detail) => unavailable(&detail),
         };
-        match old.filter(|e| self.stale_usable(e, now)) {
+        match w.old.filter(|e| self.stale_usable(e, now)) {
             Some(e) => {
                 e.mark_stale(now.mono_ms);
-                Ok(self.stale_allow(&e, token, &denial.detail))
+                decided(Ok(self.stale_allow(&e, w.token, &denial.detail)))
             }
-            None => Err(denial),
+            None => decided(Err(denial)),
         }
     }
 
@@ -269,15 +346,15 @@ impl Inner {
 
     fn stale_allow(&self, e: &Entry, token: Token<'_>, why: &str) -> Allowed {
         self.metrics.stale_allows.inc();
-        if !e.claim_stale_warning() {
-            return Allowed::Quietly;
-        }
-        Allowed::WithWarning(format!(
-            "KBase auth: allowing token={} on its last valid answer although Auth2 cannot confirm it \
-             (cache.staleIfError={:?}; {why})",
-            token.fingerprint(),
-            self.settings.stale_if_error
-        ))
+        let warning = e.claim_stale_warning().then(|| {
+            format!(
+                "KBase auth: allowing token={} on its last valid answer although Auth2 cannot confirm it \
+                 (cache.staleIfError={:?}; {why})",
+                token.fingerprint(),
+                self.settings.stale_if_error
+            )
+        });
+        Allowed { user: e.user(), warning }
     }
 
     /// Starts a re-validation nobody waits for (refresh ahead, stale retries), unless one is
@@ -332,7 +409,7 @@ impl Inner {
     fn entry_for(&self, info: TokenInfo, now: Now) -> Entry {
         let id = info.identity;
         let outcome = match self.policy.check(&id) {
-            Ok(()) => Outcome::Allow(Arc::from(id.user)),
+            Ok(()) => Outcome::Allow(self.users.intern(&id.user)),
             Err(denial) => Outcome::Deny(Arc::new(denial)),
         };
         let allowed = matches!(outcome, Outcome::Allow(_));
@@ -441,9 +518,9 @@ impl Drop for Exchange {
 /// The per-call check of a cached verdict: expiry first (every call, hits included), then what
 /// Auth2 and the policy said.
 #[inline]
-fn judge(e: &Entry, now_wall: i64) -> Result<(), Denial> {
-    match &e.outcome {
-        Outcome::Allow(_) if e.expires_ms > now_wall => Ok(()),
+fn judge(e: &Entry, now_wall: i64) -> Result<UserId, Denial> {
+    match e.outcome {
+        Outcome::Allow(user) if e.expires_ms > now_wall => Ok(user),
         _ => Err(denial_of(e, now_wall)),
     }
 }

@@ -24,6 +24,7 @@ use moka::Expiry;
 
 use crate::decision::Denial;
 use crate::token::TokenKey;
+use crate::users::UserId;
 
 /// What a token is worth, as cached.
 #[derive(Debug)]
@@ -56,7 +57,7 @@ const MAX_RETRY_MS: u64 = 2_000;
 
 #[derive(Clone, Debug)]
 pub enum Outcome {
-    Allow(Arc<str>),
+    Allow(UserId),
     /// Auth2 rejected the token, or the policy denied its user.
     Deny(Arc<Denial>),
 }
@@ -94,6 +95,14 @@ impl Entry {
 
     pub fn is_allow(&self) -> bool {
         matches!(self.outcome, Outcome::Allow(_))
+    }
+
+    /// The verified user of an allow.
+    pub fn user(&self) -> Option<UserId> {
+        match self.outcome {
+            Outcome::Allow(user) => Some(user),
+            Outcome::Deny(_) => None,
+        }
     }
 
     /// True for the one caller that gets to start a background re-validation now.
@@ -303,7 +312,7 @@ mod tests {
 
     fn allow(now: u64, life_ms: u64) -> Arc<Entry> {
         Arc::new(Entry::new(
-            Outcome::Allow("alice".into()),
+            Outcome::Allow(UserId(0)),
             i64::MAX,
             now,
             Duration::from_millis(life_ms),
@@ -398,7 +407,7 @@ mod tests {
     #[test]
     fn refresh_window_is_the_end_of_the_life_and_retries_are_spaced() {
         let e = Entry::new(
-            Outcome::Allow("a".into()),
+            Outcome::Allow(UserId(0)),
             i64::MAX,
             1000,
             Duration::from_secs(10),

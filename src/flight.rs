@@ -4,7 +4,9 @@
 //! outage all go through [`Flights::join_or_lead`]: the first becomes the leader and starts the
 //! exchange; everyone else who arrives before it ends waits for the same result. The result,
 //! failures included, is handed to every waiter; it is never stored here (the cache stores what
-//! deserves storing).
+//! deserves storing). A waiter may block its thread ([`Flight::wait`], the plugin's gRPC
+//! threads) or await ([`Flight::wait_async`], the gateway's tasks, which must never block a
+//! thread that serves other calls).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -15,6 +17,7 @@ use crate::token::TokenKey;
 pub struct Flight<T> {
     result: Mutex<Option<T>>,
     done: Condvar,
+    done_async: tokio::sync::Notify,
 }
 
 impl<T: Clone> Flight<T> {
@@ -24,6 +27,22 @@ impl<T: Clone> Flight<T> {
         let (guard, _) =
             self.done.wait_timeout_while(guard, deadline, |r| r.is_none()).unwrap_or_else(|e| e.into_inner());
         guard.clone()
+    }
+
+    /// As [`wait`](Self::wait), awaiting instead of blocking the thread.
+    pub async fn wait_async(&self, deadline: Duration) -> Option<T> {
+        let mut notified = std::pin::pin!(self.done_async.notified());
+        // Registered before the check, so that a finish in between still wakes us.
+        notified.as_mut().enable();
+        if let Some(r) = self.peek() {
+            return Some(r);
+        }
+        let _ = tokio::time::timeout(deadline, notified).await;
+        self.peek()
+    }
+
+    fn peek(&self) -> Option<T> {
+        self.result.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -50,7 +69,7 @@ impl<T: Clone> Flights<T> {
         if let Some(f) = map.get(&key) {
             return Role::Follower(Arc::clone(f));
         }
-        let f = Arc::new(Flight { result: Mutex::new(None), done: Condvar::new() });
+        let f = Arc::new(Flight { result: Mutex::new(None), done: Condvar::new(), done_async: Default::default() });
         map.insert(key, Arc::clone(&f));
         Role::Leader(f)
     }
@@ -66,6 +85,7 @@ impl<T: Clone> Flights<T> {
         }
         *flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
         flight.done.notify_all();
+        flight.done_async.notify_waiters();
     }
 
     pub fn len(&self) -> usize {
@@ -100,6 +120,25 @@ mod tests {
         assert_eq!(results, vec![Some(42); 8]);
         assert!(flights.is_empty());
         assert!(matches!(flights.join_or_lead(key), Role::Leader(_)), "a finished flight is not joined");
+    }
+
+    #[test]
+    fn async_waiters_get_the_result_too() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let flights: Flights<u32> = Flights::default();
+        let key = TokenKey(9);
+        let Role::Leader(lead) = flights.join_or_lead(key) else { panic!("first is the leader") };
+        let Role::Follower(f) = flights.join_or_lead(key) else { panic!("follower") };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                flights.finish(key, &lead, 5);
+            });
+            assert_eq!(rt.block_on(f.wait_async(Duration::from_secs(10))), Some(5));
+        });
+        assert_eq!(rt.block_on(f.wait_async(Duration::ZERO)), Some(5), "a finished flight answers at once");
+        let Role::Leader(other) = flights.join_or_lead(TokenKey(10)) else { panic!() };
+        assert_eq!(rt.block_on(other.wait_async(Duration::from_millis(30))), None, "bounded");
     }
 
     #[test]

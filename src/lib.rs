@@ -19,9 +19,12 @@ pub mod runtime;
 pub mod settings;
 pub mod startup;
 pub mod token;
+pub mod users;
 
+#[cfg(feature = "jni")]
 mod jni;
 
 pub use authenticator::{Allowed, Authenticator};
 pub use decision::{Code, Denial, Reason};
 pub use settings::{ConfigError, Settings};
+pub use users::UserId;

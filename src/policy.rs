@@ -1,4 +1,6 @@
-//! Who may use this server: the pod owner, optional extra users, optional MFA and custom roles.
+//! Who may use this server: the pod owner, optional extra users, optional MFA and custom roles
+//! (the plugin); or any user with a valid token, optional MFA (the gateway, which then routes
+//! each user to their own pod).
 //!
 //! The policy depends only on the identity Auth2 returned, so its answer is computed once per
 //! token and cached with it; the per-call work is the expiry check alone.
@@ -11,6 +13,7 @@ use crate::settings::Settings;
 
 #[derive(Clone, Debug)]
 pub struct Policy {
+    any_valid_user: bool,
     owner: Option<String>,
     allowed_users: BTreeSet<String>,
     require_mfa: bool,
@@ -21,6 +24,7 @@ pub struct Policy {
 impl Policy {
     pub fn new(s: &Settings) -> Policy {
         Policy {
+            any_valid_user: s.any_valid_user,
             owner: s.owner.clone(),
             allowed_users: s.allowed_users.clone(),
             require_mfa: s.require_mfa,
@@ -37,7 +41,8 @@ impl Policy {
     /// `Ok` if the identity may use the server, otherwise the denial to send.
     pub fn check(&self, id: &Identity) -> Result<(), Denial> {
         let user = id.user.as_ref();
-        if self.owner.as_deref() != Some(user) && !self.allowed_users.contains(user) {
+        let listed = self.owner.as_deref() == Some(user) || self.allowed_users.contains(user);
+        if !self.any_valid_user && !listed {
             let whose = match &self.owner {
                 Some(owner) => format!("which belongs to '{owner}'"),
                 None => format!("which is open only to: {}", join(&self.allowed_users)),
@@ -132,6 +137,20 @@ mod tests {
             assert!(d.message.contains("MFA"));
         }
         assert!(p.check(&id("svc", Mfa::NotUsed, &[])).is_ok());
+    }
+
+    #[test]
+    fn any_valid_user_with_mfa() {
+        let p = Policy::new(&Settings {
+            require_mfa: true,
+            mfa_exempt_users: ["svc".to_owned()].into(),
+            ..Settings::any_valid_user()
+        });
+        assert!(p.check(&id("alice", Mfa::Used, &[])).is_ok());
+        assert!(p.check(&id("zed", Mfa::Used, &[])).is_ok());
+        assert_eq!(p.check(&id("zed", Mfa::NotUsed, &[])).unwrap_err().reason, Reason::MfaRequired);
+        assert!(p.check(&id("svc", Mfa::Absent, &[])).is_ok());
+        assert!(Policy::new(&Settings::any_valid_user()).check(&id("zed", Mfa::Absent, &[])).is_ok());
     }
 
     #[test]

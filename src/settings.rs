@@ -83,7 +83,7 @@ pub enum ConfigError {
     UnknownKey { key: String, known: String },
 }
 
-fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+pub fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.to_owned(), problem: problem.into() }
 }
 
@@ -98,6 +98,8 @@ pub struct Settings {
     /// Where `owner` came from: [`KEY_OWNER`] or [`ENV_USER`].
     pub owner_source: &'static str,
     pub allowed_users: BTreeSet<String>,
+    /// Admit every user with a valid token (the gateway); `owner` and `allowed_users` unused.
+    pub any_valid_user: bool,
     pub require_mfa: bool,
     pub mfa_exempt_users: BTreeSet<String>,
     pub required_roles: BTreeSet<String>,
@@ -159,49 +161,96 @@ impl Settings {
             return Err(ConfigError::NoOwner);
         }
 
+        let d = Settings::any_valid_user();
         let settings = Settings {
             auth_url,
             auth_url_source,
             owner,
             owner_source,
             allowed_users,
+            any_valid_user: false,
             require_mfa: parse_bool(KEY_REQUIRE_MFA, get(KEY_REQUIRE_MFA), false)?,
             mfa_exempt_users: parse_users(KEY_MFA_EXEMPT, get(KEY_MFA_EXEMPT))?,
             required_roles: parse_list(get(KEY_REQUIRED_ROLES)),
-            cache_max_entries: parse_int(KEY_CACHE_MAX_ENTRIES, get(KEY_CACHE_MAX_ENTRIES), 10_000, 1)?,
-            cache_max_ttl: parse_duration(KEY_CACHE_MAX_TTL, get(KEY_CACHE_MAX_TTL), Duration::from_secs(300))?,
-            cache_invalid_ttl: parse_duration(
-                KEY_CACHE_INVALID_TTL,
-                get(KEY_CACHE_INVALID_TTL),
-                Duration::from_secs(5),
-            )?,
+            cache_max_entries: parse_int(KEY_CACHE_MAX_ENTRIES, get(KEY_CACHE_MAX_ENTRIES), d.cache_max_entries, 1)?,
+            cache_max_ttl: parse_duration(KEY_CACHE_MAX_TTL, get(KEY_CACHE_MAX_TTL), d.cache_max_ttl)?,
+            cache_invalid_ttl: parse_duration(KEY_CACHE_INVALID_TTL, get(KEY_CACHE_INVALID_TTL), d.cache_invalid_ttl)?,
             connect_timeout: positive(
                 KEY_CONNECT_TIMEOUT,
-                parse_duration(KEY_CONNECT_TIMEOUT, get(KEY_CONNECT_TIMEOUT), Duration::from_secs(2))?,
+                parse_duration(KEY_CONNECT_TIMEOUT, get(KEY_CONNECT_TIMEOUT), d.connect_timeout)?,
             )?,
             request_timeout: positive(
                 KEY_REQUEST_TIMEOUT,
-                parse_duration(KEY_REQUEST_TIMEOUT, get(KEY_REQUEST_TIMEOUT), Duration::from_secs(5))?,
+                parse_duration(KEY_REQUEST_TIMEOUT, get(KEY_REQUEST_TIMEOUT), d.request_timeout)?,
             )?,
-            ca_bundle: parse_ca_bundle(get(KEY_CA_BUNDLE))?,
+            ca_bundle: parse_ca_bundle(KEY_CA_BUNDLE, get(KEY_CA_BUNDLE))?,
             trusted_addresses: parse_addresses(get(KEY_TRUSTED_ADDRESSES))?,
-            fail_fast_threshold: parse_int(KEY_FAIL_FAST_THRESHOLD, get(KEY_FAIL_FAST_THRESHOLD), 5, 0)? as u32,
+            fail_fast_threshold: parse_int(
+                KEY_FAIL_FAST_THRESHOLD,
+                get(KEY_FAIL_FAST_THRESHOLD),
+                d.fail_fast_threshold.into(),
+                0,
+            )? as u32,
             fail_fast_cooldown: parse_duration(
                 KEY_FAIL_FAST_COOLDOWN,
                 get(KEY_FAIL_FAST_COOLDOWN),
-                Duration::from_secs(2),
+                d.fail_fast_cooldown,
             )?,
-            max_concurrent_requests: parse_int(KEY_MAX_CONCURRENT, get(KEY_MAX_CONCURRENT), 32, 1)? as u32,
-            refresh_ahead: parse_duration(KEY_REFRESH_AHEAD, get(KEY_REFRESH_AHEAD), Duration::from_secs(30))?,
-            stale_if_error: parse_duration(KEY_STALE_IF_ERROR, get(KEY_STALE_IF_ERROR), Duration::ZERO)?,
-            new_tokens_per_second: parse_int(KEY_NEW_TOKENS_PER_SECOND, get(KEY_NEW_TOKENS_PER_SECOND), 10, 1)? as u32,
-            new_tokens_burst: parse_int(KEY_NEW_TOKENS_BURST, get(KEY_NEW_TOKENS_BURST), 20, 1)? as u32,
+            max_concurrent_requests: parse_int(
+                KEY_MAX_CONCURRENT,
+                get(KEY_MAX_CONCURRENT),
+                d.max_concurrent_requests.into(),
+                1,
+            )? as u32,
+            refresh_ahead: parse_duration(KEY_REFRESH_AHEAD, get(KEY_REFRESH_AHEAD), d.refresh_ahead)?,
+            stale_if_error: parse_duration(KEY_STALE_IF_ERROR, get(KEY_STALE_IF_ERROR), d.stale_if_error)?,
+            new_tokens_per_second: parse_int(
+                KEY_NEW_TOKENS_PER_SECOND,
+                get(KEY_NEW_TOKENS_PER_SECOND),
+                d.new_tokens_per_second.into(),
+                1,
+            )? as u32,
+            new_tokens_burst: parse_int(KEY_NEW_TOKENS_BURST, get(KEY_NEW_TOKENS_BURST), d.new_tokens_burst.into(), 1)?
+                as u32,
             context: StartupContext {
                 interceptors: split_list(get(KEY_INTERCEPTORS)),
                 jvm_user: get(KEY_JVM_USER).map(str::to_owned),
             },
         };
         Ok(settings)
+    }
+
+    /// The defaults of every setting, admitting any user with a valid token: the gateway's
+    /// policy (it routes each user to their own pod, whose plugin checks the owner). The
+    /// plugin's [`from_map`](Self::from_map) takes its defaults from here and always names an
+    /// owner or allowed users instead.
+    pub fn any_valid_user() -> Settings {
+        Settings {
+            auth_url: DEFAULT_URL.to_owned(),
+            auth_url_source: KEY_URL,
+            owner: None,
+            owner_source: KEY_OWNER,
+            allowed_users: BTreeSet::new(),
+            any_valid_user: true,
+            require_mfa: false,
+            mfa_exempt_users: BTreeSet::new(),
+            required_roles: BTreeSet::new(),
+            cache_max_entries: 10_000,
+            cache_max_ttl: Duration::from_secs(300),
+            cache_invalid_ttl: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            ca_bundle: None,
+            trusted_addresses: BTreeSet::new(),
+            fail_fast_threshold: 5,
+            fail_fast_cooldown: Duration::from_secs(2),
+            max_concurrent_requests: 32,
+            refresh_ahead: Duration::from_secs(30),
+            stale_if_error: Duration::ZERO,
+            new_tokens_per_second: 10,
+            new_tokens_burst: 20,
+            context: StartupContext::default(),
+        }
     }
 
     /// How long an ended valid entry is remembered: long enough for stale-if-error, and at
@@ -222,16 +271,19 @@ impl fmt::Debug for Settings {
                 v.join(",")
             }
         }
+        let who = if self.any_valid_user {
+            "users=any-valid".to_owned()
+        } else {
+            format!("owner={} allowedUsers={}", self.owner.as_deref().unwrap_or("-"), list(&self.allowed_users))
+        };
         write!(
             f,
-            "url={} owner={} allowedUsers={} requireMfa={} mfaExemptUsers={} requiredRoles={} \
+            "url={} {who} requireMfa={} mfaExemptUsers={} requiredRoles={} \
              cache.maxEntries={} cache.maxTtl={:?} cache.invalidTtl={:?} cache.refreshAhead={:?} \
              cache.staleIfError={:?} connectTimeout={:?} requestTimeout={:?} caBundle={} trustedAddresses={} \
              failFast.threshold={} failFast.cooldown={:?} maxConcurrentRequests={} newTokens.perSecond={} \
              newTokens.burst={}",
             self.auth_url,
-            self.owner.as_deref().unwrap_or("-"),
-            list(&self.allowed_users),
             self.require_mfa,
             list(&self.mfa_exempt_users),
             list(&self.required_roles),
@@ -255,7 +307,7 @@ impl fmt::Debug for Settings {
 
 /// Accepts `http(s)://host[:port][/path]` and returns it with exactly one trailing `/`, so
 /// `{root}api/V2/token` works whether or not the user wrote the slash.
-fn parse_root_url(key: &str, raw: &str) -> Result<String, ConfigError> {
+pub fn parse_root_url(key: &str, raw: &str) -> Result<String, ConfigError> {
     let url = reqwest::Url::parse(raw)
         .map_err(|e| invalid(key, format!("'{raw}' is not a valid URL ({e}); expected e.g. {DEFAULT_URL}")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
@@ -274,7 +326,7 @@ fn parse_root_url(key: &str, raw: &str) -> Result<String, ConfigError> {
     Ok(s)
 }
 
-fn parse_user(key: &str, raw: &str) -> Result<String, ConfigError> {
+pub fn parse_user(key: &str, raw: &str) -> Result<String, ConfigError> {
     if raw.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
         return Err(invalid(key, format!("'{raw}' is not a KBase user name")));
     }
@@ -282,19 +334,19 @@ fn parse_user(key: &str, raw: &str) -> Result<String, ConfigError> {
 }
 
 /// A comma-separated list, in order, blanks dropped.
-fn split_list(raw: Option<&str>) -> Vec<String> {
+pub fn split_list(raw: Option<&str>) -> Vec<String> {
     raw.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-fn parse_list(raw: Option<&str>) -> BTreeSet<String> {
+pub fn parse_list(raw: Option<&str>) -> BTreeSet<String> {
     split_list(raw).into_iter().collect()
 }
 
-fn parse_users(key: &str, raw: Option<&str>) -> Result<BTreeSet<String>, ConfigError> {
+pub fn parse_users(key: &str, raw: Option<&str>) -> Result<BTreeSet<String>, ConfigError> {
     parse_list(raw).into_iter().map(|u| parse_user(key, &u)).collect()
 }
 
-fn parse_bool(key: &str, raw: Option<&str>, default: bool) -> Result<bool, ConfigError> {
+pub fn parse_bool(key: &str, raw: Option<&str>, default: bool) -> Result<bool, ConfigError> {
     match raw.map(str::to_ascii_lowercase).as_deref() {
         None => Ok(default),
         Some("true") => Ok(true),
@@ -303,7 +355,7 @@ fn parse_bool(key: &str, raw: Option<&str>, default: bool) -> Result<bool, Confi
     }
 }
 
-fn parse_int(key: &str, raw: Option<&str>, default: u64, min: u64) -> Result<u64, ConfigError> {
+pub fn parse_int(key: &str, raw: Option<&str>, default: u64, min: u64) -> Result<u64, ConfigError> {
     let Some(raw) = raw else { return Ok(default) };
     let n: u64 = raw.parse().map_err(|_| invalid(key, format!("'{raw}' is not a whole number ≥ {min}")))?;
     if n < min || n > u32::MAX as u64 {
@@ -338,18 +390,18 @@ pub fn parse_duration(key: &str, raw: Option<&str>, default: Duration) -> Result
     }
 }
 
-fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+pub fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         return Err(invalid(key, "must be greater than zero (an unbounded wait is not allowed)"));
     }
     Ok(d)
 }
 
-fn parse_ca_bundle(raw: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+pub fn parse_ca_bundle(key: &str, raw: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let path = PathBuf::from(raw);
     if !path.is_file() {
-        return Err(invalid(KEY_CA_BUNDLE, format!("'{raw}' is not a readable file")));
+        return Err(invalid(key, format!("'{raw}' is not a readable file")));
     }
     Ok(Some(path))
 }

@@ -27,8 +27,8 @@ thread_local! {
 /// else the gRPC status code of the denial.
 pub fn record(outcome: Result<Allowed, Denial>) -> i32 {
     match outcome {
-        Ok(Allowed::Quietly) => 0,
-        Ok(Allowed::WithWarning(line)) => {
+        Ok(Allowed { warning: None, .. }) => 0,
+        Ok(Allowed { warning: Some(line), .. }) => {
             LAST.with(|c| *c.borrow_mut() = Some(Recorded::Warned(line)));
             ALLOW_WITH_WARNING
         }
