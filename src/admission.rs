@@ -5,8 +5,10 @@
 //! * [`InFlightLimit`]: at most `maxConcurrentRequests` exchanges at once, part of them held
 //!   back for tokens known valid, so that the owner's re-validation always finds a slot.
 //! * [`Breaker`]: after `failFast.threshold` failures of the *service* (connect errors,
-//!   timeouts, 5xx) every lookup fails fast for `failFast.cooldown`; then exactly one trial
-//!   exchange is let through, and only a real answer from Auth2 closes it again.
+//!   timeouts, 5xx) within [`FAILURE_WINDOW`] every lookup fails fast for `failFast.cooldown`;
+//!   then one trial exchange is let through for each [`Purpose`], and only a real answer from
+//!   Auth2 closes it again. Tokens known valid have a trial of their own: a flood of new tokens,
+//!   whose invalid answers leave the breaker half-open, cannot keep it from them.
 //!
 //! Joining an exchange already in flight for the same token costs nothing and passes no gate.
 //! Times are monotonic milliseconds from the caller (see [`crate::clock`]).
@@ -22,7 +24,8 @@ pub enum Refusal {
     BudgetSpent,
     /// The breaker is open after repeated service failures.
     CoolingDown(Duration),
-    /// The breaker's one trial exchange after the cool-down is already in flight.
+    /// The breaker's trial exchange (for this class of lookup) after the cool-down is already
+    /// in flight.
     TrialInFlight,
     /// Every slot this class of lookup may use is taken.
     TooManyInFlight(u32),
@@ -151,17 +154,24 @@ pub enum ServiceOutcome {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pass {
     Closed,
-    /// The one exchange let through after a cool-down.
-    Trial,
+    /// The one exchange of its [`Purpose`] let through after a cool-down.
+    Trial(Purpose),
 }
+
+/// Service failures count towards opening the breaker only this long after the first of them:
+/// failures sparser than `threshold` per window (with no valid answer in between) never add
+/// up to an outage.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct Breaker {
     threshold: u32,
     cooldown_ms: u64,
-    failures: AtomicU32,
+    /// Failures counted, and when the first of them happened (monotonic ms).
+    failures: Mutex<(u32, u64)>,
     /// Monotonic ms until which lookups fail fast; 0 while closed. Past it: half-open.
     open_until_ms: AtomicU64,
-    trial_in_flight: AtomicBool,
+    /// A trial in flight, per [`Purpose`] (indexed by [`Breaker::trial_index`]).
+    trial_in_flight: [AtomicBool; 2],
 }
 
 impl Breaker {
@@ -170,13 +180,20 @@ impl Breaker {
         Breaker {
             threshold,
             cooldown_ms: cooldown.as_millis() as u64,
-            failures: AtomicU32::new(0),
+            failures: Mutex::new((0, 0)),
             open_until_ms: AtomicU64::new(0),
-            trial_in_flight: AtomicBool::new(false),
+            trial_in_flight: [AtomicBool::new(false), AtomicBool::new(false)],
         }
     }
 
-    pub fn admit(&self, now_ms: u64) -> Result<Pass, Refusal> {
+    fn trial_index(purpose: Purpose) -> usize {
+        match purpose {
+            Purpose::NewToken => 0,
+            Purpose::KnownValid => 1,
+        }
+    }
+
+    pub fn admit(&self, now_ms: u64, purpose: Purpose) -> Result<Pass, Refusal> {
         let until = self.open_until_ms.load(Relaxed);
         if until == 0 {
             return Ok(Pass::Closed);
@@ -184,8 +201,8 @@ impl Breaker {
         if now_ms < until {
             return Err(Refusal::CoolingDown(Duration::from_millis(until - now_ms)));
         }
-        match self.trial_in_flight.compare_exchange(false, true, Relaxed, Relaxed) {
-            Ok(_) => Ok(Pass::Trial),
+        match self.trial_in_flight[Self::trial_index(purpose)].compare_exchange(false, true, Relaxed, Relaxed) {
+            Ok(_) => Ok(Pass::Trial(purpose)),
             Err(_) => Err(Refusal::TrialInFlight),
         }
     }
@@ -193,25 +210,31 @@ impl Breaker {
     pub fn record(&self, pass: Pass, outcome: ServiceOutcome, now_ms: u64) {
         match outcome {
             ServiceOutcome::Healthy => {
-                self.failures.store(0, Relaxed);
+                *self.failures.lock().unwrap_or_else(|e| e.into_inner()) = (0, 0);
                 self.open_until_ms.store(0, Relaxed);
             }
-            ServiceOutcome::Failed if pass == Pass::Trial => self.open(now_ms),
+            ServiceOutcome::Failed if matches!(pass, Pass::Trial(_)) => self.open(now_ms),
             ServiceOutcome::Failed => {
-                let n = self.failures.fetch_add(1, Relaxed) + 1;
-                if self.threshold > 0 && n >= self.threshold {
+                let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+                let window_ms = FAILURE_WINDOW.as_millis() as u64;
+                if f.0 == 0 || now_ms >= f.1.saturating_add(window_ms) {
+                    *f = (0, now_ms);
+                }
+                f.0 += 1;
+                if self.threshold > 0 && f.0 >= self.threshold {
+                    *f = (0, 0);
+                    drop(f);
                     self.open(now_ms);
                 }
             }
             ServiceOutcome::Neutral => {}
         }
-        if pass == Pass::Trial {
-            self.trial_in_flight.store(false, Relaxed);
+        if let Pass::Trial(purpose) = pass {
+            self.trial_in_flight[Self::trial_index(purpose)].store(false, Relaxed);
         }
     }
 
     fn open(&self, now_ms: u64) {
-        self.failures.store(0, Relaxed);
         // max(1): 0 means closed.
         self.open_until_ms.store((now_ms + self.cooldown_ms).max(1), Relaxed);
     }
@@ -259,19 +282,22 @@ mod tests {
         assert_eq!(InFlightLimit::new(32).reserved(), 8);
     }
 
+    const NEW: Purpose = Purpose::NewToken;
+    const KNOWN: Purpose = Purpose::KnownValid;
+
     #[test]
     fn breaker_opens_on_service_failures_only() {
         let b = Breaker::new(3, Duration::from_millis(1000));
         for _ in 0..10 {
-            b.record(b.admit(0).unwrap(), ServiceOutcome::Neutral, 0);
+            b.record(b.admit(0, NEW).unwrap(), ServiceOutcome::Neutral, 0);
         }
-        b.record(b.admit(0).unwrap(), ServiceOutcome::Failed, 0);
-        b.record(b.admit(0).unwrap(), ServiceOutcome::Failed, 0);
+        b.record(b.admit(0, NEW).unwrap(), ServiceOutcome::Failed, 0);
+        b.record(b.admit(0, NEW).unwrap(), ServiceOutcome::Failed, 0);
         // An invalid-token answer between failures does not reset the count.
-        b.record(b.admit(0).unwrap(), ServiceOutcome::Neutral, 0);
-        assert_eq!(b.admit(0), Ok(Pass::Closed));
+        b.record(b.admit(0, NEW).unwrap(), ServiceOutcome::Neutral, 0);
+        assert_eq!(b.admit(0, NEW), Ok(Pass::Closed));
         b.record(Pass::Closed, ServiceOutcome::Failed, 5);
-        assert_eq!(b.admit(500), Err(Refusal::CoolingDown(Duration::from_millis(505))));
+        assert_eq!(b.admit(500, NEW), Err(Refusal::CoolingDown(Duration::from_millis(505))));
     }
 
     #[test]
@@ -280,27 +306,63 @@ mod tests {
         b.record(Pass::Closed, ServiceOutcome::Failed, 0);
         b.record(Pass::Closed, ServiceOutcome::Healthy, 0);
         b.record(Pass::Closed, ServiceOutcome::Failed, 0);
-        assert_eq!(b.admit(0), Ok(Pass::Closed));
+        assert_eq!(b.admit(0, NEW), Ok(Pass::Closed));
+    }
+
+    /// The count used to grow forever without a valid answer: two failures a day apart opened
+    /// a breaker with threshold 2.
+    #[test]
+    fn failures_count_only_within_the_window() {
+        let window = FAILURE_WINDOW.as_millis() as u64;
+        let b = Breaker::new(3, Duration::from_secs(2));
+        let mut now = 1_000_000;
+        for _ in 0..10 {
+            b.record(Pass::Closed, ServiceOutcome::Failed, now);
+            b.record(Pass::Closed, ServiceOutcome::Failed, now + 1);
+            now += window; // the third comes a window after the first
+            assert_eq!(b.admit(now, NEW), Ok(Pass::Closed), "sparse failures never open it");
+        }
+        b.record(Pass::Closed, ServiceOutcome::Failed, now);
+        b.record(Pass::Closed, ServiceOutcome::Failed, now + window - 1);
+        assert_eq!(b.admit(now + window - 1, NEW), Ok(Pass::Closed));
+        b.record(Pass::Closed, ServiceOutcome::Failed, now + window - 1);
+        assert!(matches!(b.admit(now + window, NEW), Err(Refusal::CoolingDown(_))), "three within a window");
     }
 
     #[test]
     fn one_trial_after_the_cooldown_and_only_health_closes() {
         let b = Breaker::new(1, Duration::from_millis(100));
         b.record(Pass::Closed, ServiceOutcome::Failed, 0);
-        assert!(matches!(b.admit(99), Err(Refusal::CoolingDown(_))));
-        let trial = b.admit(100).unwrap();
-        assert_eq!(trial, Pass::Trial);
-        assert_eq!(b.admit(100), Err(Refusal::TrialInFlight), "exactly one trial at a time");
+        assert!(matches!(b.admit(99, NEW), Err(Refusal::CoolingDown(_))));
+        let trial = b.admit(100, NEW).unwrap();
+        assert_eq!(trial, Pass::Trial(NEW));
+        assert_eq!(b.admit(100, NEW), Err(Refusal::TrialInFlight), "exactly one trial at a time");
         b.record(trial, ServiceOutcome::Neutral, 150);
         // Neutral: still half-open; the next lookup is the next trial.
-        let trial = b.admit(150).unwrap();
-        assert_eq!(trial, Pass::Trial);
+        let trial = b.admit(150, NEW).unwrap();
+        assert_eq!(trial, Pass::Trial(NEW));
         b.record(trial, ServiceOutcome::Failed, 200);
-        assert!(matches!(b.admit(250), Err(Refusal::CoolingDown(_))), "a failed trial re-opens");
-        let trial = b.admit(300).unwrap();
+        assert!(matches!(b.admit(250, NEW), Err(Refusal::CoolingDown(_))), "a failed trial re-opens");
+        let trial = b.admit(300, NEW).unwrap();
         b.record(trial, ServiceOutcome::Healthy, 310);
-        assert_eq!(b.admit(310), Ok(Pass::Closed));
-        assert_eq!(b.admit(310), Ok(Pass::Closed), "closed: no trial limit");
+        assert_eq!(b.admit(310, NEW), Ok(Pass::Closed));
+        assert_eq!(b.admit(310, NEW), Ok(Pass::Closed), "closed: no trial limit");
+    }
+
+    /// A flood of new tokens took the one trial over and over (their invalid answers are
+    /// neutral), so a known-valid token's re-validation almost never got it.
+    #[test]
+    fn known_valid_tokens_have_a_trial_of_their_own() {
+        let b = Breaker::new(1, Duration::from_millis(100));
+        b.record(Pass::Closed, ServiceOutcome::Failed, 0);
+        let flood = b.admit(100, NEW).unwrap();
+        assert_eq!(b.admit(100, NEW), Err(Refusal::TrialInFlight));
+        let owner = b.admit(100, KNOWN).unwrap();
+        assert_eq!(owner, Pass::Trial(KNOWN), "the new tokens' trial does not block it");
+        assert_eq!(b.admit(100, KNOWN), Err(Refusal::TrialInFlight), "one of each at a time");
+        b.record(flood, ServiceOutcome::Neutral, 150);
+        b.record(owner, ServiceOutcome::Healthy, 150);
+        assert_eq!(b.admit(150, NEW), Ok(Pass::Closed));
     }
 
     #[test]
@@ -309,6 +371,6 @@ mod tests {
         for _ in 0..100 {
             b.record(Pass::Closed, ServiceOutcome::Failed, 0);
         }
-        assert_eq!(b.admit(0), Ok(Pass::Closed));
+        assert_eq!(b.admit(0, NEW), Ok(Pass::Closed));
     }
 }

@@ -444,7 +444,7 @@ impl Exchange {
     fn admit(&mut self, purpose: Purpose, now: Now) -> Result<(), Refusal> {
         let inner = &self.inner;
         self.slot = Some(inner.in_flight.try_acquire(purpose)?);
-        self.pass = Some(inner.breaker.admit(now.mono_ms)?);
+        self.pass = Some(inner.breaker.admit(now.mono_ms, purpose)?);
         if purpose == Purpose::NewToken && !inner.budget.try_take(now.mono_ms) {
             return Err(Refusal::BudgetSpent);
         }

@@ -1,9 +1,10 @@
-//! Regression tests for the defects named in the "owner keeps working" issue; each failed
-//! before its fix.
+//! Regression tests for defects found by reading the code (the "owner keeps working" issue and
+//! its follow-up); each failed before its fix.
 
 mod common;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -127,4 +128,71 @@ fn an_unreadable_clock_denies() {
     let d = denied(call(&auth, &t));
     assert_eq!((d.code(), d.reason), (Code::Internal, Reason::Internal), "{d:?}");
     assert!(d.detail.contains("clock"), "{}", d.detail);
+}
+
+/// After an outage the breaker is half-open: it let one trial through at a time, and a flood of
+/// new tokens took that trial over and over (their invalid answers leave it half-open), so the
+/// owner's re-validation found "a trial request is in flight" for as long as the flood ran.
+/// Known-valid tokens now have a trial of their own.
+#[test]
+fn after_an_outage_the_owner_gets_back_in_while_a_flood_runs() {
+    const COOLDOWN: Duration = Duration::from_secs(1);
+    const RTT: Duration = Duration::from_millis(300);
+    let owner = new_token("owner");
+    // The owner's entry runs out half-way through the cool-down.
+    let fake = fake(vec![TokenEntry::new(&owner, OWNER).cachefor(500)]);
+    let auth = authenticator(
+        &fake,
+        &[
+            ("spark.kbase.auth.failFast.threshold", "1"),
+            ("spark.kbase.auth.failFast.cooldown", "1s"),
+            ("spark.kbase.auth.newTokens.perSecond", "10"),
+            ("spark.kbase.auth.newTokens.burst", "20"),
+            ("spark.kbase.auth.cache.refreshAhead", "0ms"),
+            ("spark.kbase.auth.requestTimeout", "2s"),
+        ],
+    );
+    assert_allowed(&call(&auth, &owner));
+    // The outage: one 503 opens the breaker. Then Auth2 recovers, answering in 300 ms.
+    fake.set_fault_blocking(Fault::Status503).unwrap();
+    assert_eq!(denied(call(&auth, &new_token("outage"))).reason, Reason::Unavailable);
+    let opened = Instant::now();
+    fake.set_fault_blocking(Fault::Delay(RTT)).unwrap();
+
+    let stop = AtomicBool::new(false);
+    let (mut owner_denials, mut back_in) = (Vec::new(), None);
+    std::thread::scope(|s| {
+        // 8 threads of new tokens, each calling every 0.5 ms: far more often than one trial per Auth2 round trip (the budget has
+        // room for every trial they take).
+        for _ in 0..8 {
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = call(&auth, &new_token("flood"));
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            });
+        }
+        let deadline = opened + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            match call(&auth, &owner) {
+                Ok(_) if !owner_denials.is_empty() => {
+                    back_in = Some(opened.elapsed());
+                    break;
+                }
+                Ok(_) => {}
+                Err(d) => owner_denials.push(d),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    wait_idle(&auth);
+    assert!(!owner_denials.is_empty(), "the owner's entry ran out during the cool-down");
+    assert!(owner_denials.iter().all(|d| d.reason == Reason::Unavailable), "{owner_denials:?}");
+    let back_in = back_in.unwrap_or_else(|| {
+        panic!("the owner was not let back in within 8 s; last denial: {:?}", owner_denials.last())
+    });
+    let bound = COOLDOWN + RTT + Duration::from_millis(500);
+    println!("owner back in {back_in:?} after the breaker opened (bound {bound:?})");
+    assert!(back_in <= bound, "the owner got back in only {back_in:?} after the breaker opened (bound {bound:?})");
 }
