@@ -2,6 +2,10 @@
 //! second; the rest are counted and reported in one line with the next logged denial of that
 //! reason. A flood of made-up tokens then writes tens of lines a second, not one per call. The
 //! metrics counters still count every denial.
+//!
+//! Windows only move forward: a time before the current window's start (a denial that read the
+//! clock before another thread's, or the 0 of a clock that could not be read) counts in the
+//! current window, so no order of arrival can reopen the budget.
 
 use std::sync::Mutex;
 
@@ -38,7 +42,7 @@ pub struct DenialLog {
 impl DenialLog {
     pub fn admit(&self, reason: Reason, now_ms: u64) -> LogVerdict {
         let mut w = self.windows[reason.index()].lock().unwrap_or_else(|e| e.into_inner());
-        if now_ms >= w.start_ms.saturating_add(WINDOW_MS) || now_ms < w.start_ms {
+        if now_ms >= w.start_ms.saturating_add(WINDOW_MS) {
             w.start_ms = now_ms;
             w.written = 0;
         }
@@ -91,6 +95,44 @@ mod tests {
             .filter(|ms| log.admit(Reason::Invalid, 2_000 + ms) != LogVerdict::Suppress)
             .count();
         assert!((590..=610).contains(&total), "{total}");
+    }
+
+    /// Lines a sequence of denials writes: each written line, plus its summary line if any.
+    fn lines(log: &DenialLog, times: impl IntoIterator<Item = u64>) -> u64 {
+        times
+            .into_iter()
+            .map(|t| match log.admit(Reason::Invalid, t) {
+                LogVerdict::Write { suppressed_before, .. } => 1 + u64::from(suppressed_before > 0),
+                LogVerdict::Suppress => 0,
+            })
+            .sum()
+    }
+
+    /// A time earlier than the window's start used to open a new window: denials that waited
+    /// for Auth2 (logged with a time read 300 ms before an immediate one's), alternating with
+    /// immediate ones, and clock failures (time 0) logged nearly every call.
+    #[test]
+    fn late_and_zero_times_cannot_reopen_the_window() {
+        let log = DenialLog::default();
+        // 10 s of denials, one per millisecond each: immediate, waited, and every 100th from a
+        // clock that could not be read.
+        let times = (0..10_000u64).flat_map(|ms| {
+            let now = 1_000_000 + ms;
+            [now, now - 300].into_iter().chain((ms % 100 == 0).then_some(0))
+        });
+        let written = lines(&log, times);
+        // 10 s touch at most 11 one-second windows: 10 lines and one summary each.
+        assert!(written <= 11 * 11, "{written} lines");
+        assert!(written >= 10 * 10, "the log still writes: {written}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_order_of_times_keeps_the_bound(times in proptest::collection::vec(0u64..20_000, 0..3_000)) {
+            // Times spread over 20 s, in any order, with repeats: at most 21 windows.
+            let written = lines(&DenialLog::default(), times.iter().map(|t| 1_000_000 + t));
+            proptest::prop_assert!(written <= 11 * 21, "{} lines", written);
+        }
     }
 
     #[test]
