@@ -8,8 +8,10 @@
 //! * A lookup is synchronous in the calling thread: first a tiny per-thread front table (no
 //!   shared writes, so hits scale with threads), then the shared `moka` cache. No runtime hop, no
 //!   lock held across I/O, nothing allocated or reference-counted on a front-table hit.
-//! * Replacing an entry marks the old one superseded, so that every thread's front table drops
-//!   it at its next use: a revocation found by a background refresh bites at once everywhere.
+//! * An entry that leaves the shared cache for any reason (replaced, removed, evicted for size,
+//!   expired) is marked superseded by moka's eviction listener, so that every thread's front
+//!   table drops its copy at its next use: a copy never answers longer than the entry itself,
+//!   and a revocation found by a background refresh bites at once everywhere.
 //! * Lifetimes: valid tokens `min(cachefor, cap, expires − now)`; rejected tokens the short
 //!   invalid TTL; transport failures are never stored.
 
@@ -224,7 +226,13 @@ thread_local! {
 impl VerdictCache {
     pub fn new(max_entries: u64) -> VerdictCache {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let inner = Cache::builder().max_capacity(max_entries).expire_after(KeepFor).build_with_hasher(KeyHashBuilder);
+        let inner = Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(KeepFor)
+            // Called for every removal (replaced, removed, evicted for size, expired) by the
+            // thread that removes it.
+            .eviction_listener(|_key, entry: Arc<Entry>, _cause| entry.supersede())
+            .build_with_hasher(KeyHashBuilder);
         VerdictCache { inner, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) }
     }
 
@@ -260,15 +268,12 @@ impl VerdictCache {
 
     /// Stores a new entry for `key`; the one it replaces stops answering in every thread.
     pub fn insert(&self, key: TokenKey, entry: Arc<Entry>) {
-        self.remove(&key);
         self.inner.insert(key, entry);
     }
 
     /// Forgets `key` (in every thread's front table too).
     pub fn remove(&self, key: &TokenKey) {
-        if let Some(old) = self.inner.remove(key) {
-            old.supersede();
-        }
+        self.inner.remove(key);
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -379,6 +384,42 @@ mod tests {
         });
         c.remove(&key(2));
         assert_eq!(state(&c, &key(2), 20), "absent");
+    }
+
+    /// A copy in a thread's front table used to outlive an entry moka evicted for size: it
+    /// kept answering (and claiming refreshes) until its own end.
+    #[test]
+    fn eviction_for_size_drops_every_front_table_copy() {
+        let c = VerdictCache::new(2);
+        let held = [key(1), key(2)];
+        for k in held {
+            c.insert(k, allow(0, 60_000));
+        }
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for k in &held {
+                    assert_eq!(state(&c, k, 10), "fresh"); // now in this thread's front table
+                }
+                barrier.wait();
+                barrier.wait();
+                for k in &held {
+                    let shared = if c.get_fresh(k, 20).is_some() { "fresh" } else { "absent" };
+                    assert_eq!(state(&c, k, 20), shared, "this thread's copy answers as the shared cache does");
+                }
+            });
+            barrier.wait();
+            // Newcomers asked for often (misses count in moka's frequency sketch) push them out.
+            for n in 10..40 {
+                for _ in 0..5 {
+                    assert!(c.get_fresh(&key(n), 15).is_none());
+                }
+                c.insert(key(n), allow(15, 60_000));
+            }
+            assert!(c.entry_count() <= 2, "{}", c.entry_count()); // runs moka's maintenance: evictions
+            assert!(held.iter().any(|k| c.get_fresh(k, 20).is_none()), "an entry the other thread holds was evicted");
+            barrier.wait();
+        });
     }
 
     #[test]

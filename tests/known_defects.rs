@@ -196,3 +196,39 @@ fn after_an_outage_the_owner_gets_back_in_while_a_flood_runs() {
     println!("owner back in {back_in:?} after the breaker opened (bound {bound:?})");
     assert!(back_in <= bound, "the owner got back in only {back_in:?} after the breaker opened (bound {bound:?})");
 }
+
+/// A thread's front-table copy of the owner's entry kept answering after moka evicted the entry
+/// for size, so a revocation that a later lookup found (and cached) never reached that thread.
+#[test]
+fn a_revocation_reaches_threads_that_held_an_evicted_entry() {
+    let owner = new_token("owner");
+    let others: Vec<String> = (0..8).map(|_| new_token("other")).collect();
+    let fake = fake(std::iter::once(&owner).chain(&others).map(|t| TokenEntry::new(t, OWNER)).collect());
+    let auth = authenticator(&fake, &[("spark.kbase.auth.cache.maxEntries", "2")]);
+    assert_allowed(&call(&auth, &owner));
+    let (to_worker, from_main) = std::sync::mpsc::channel::<()>();
+    let (to_main, from_worker) = std::sync::mpsc::channel::<Outcome>();
+    let (auth_ref, owner_ref) = (&auth, &owner);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            to_main.send(call(auth_ref, owner_ref)).unwrap(); // now in this thread's front table
+            from_main.recv().unwrap();
+            to_main.send(call(auth_ref, owner_ref)).unwrap();
+        });
+        assert_allowed(&from_worker.recv().unwrap());
+        // Other users' tokens, asked for again and again (more than the front table holds, so
+        // each call asks the shared cache), push the owner's entry out.
+        for _ in 0..10 {
+            for t in &others {
+                assert_allowed(&call(&auth, t));
+            }
+        }
+        assert!(auth.cached_entries() <= 2); // runs the cache's maintenance, where it evicts
+        assert!(fake.revoke(&owner));
+        assert_eq!(denied(call(&auth, &owner)).reason, Reason::Invalid);
+        assert_eq!(fake.requests_for(&owner), 2, "the owner's entry had been evicted and was looked up again");
+        to_worker.send(()).unwrap();
+        let d = denied(from_worker.recv().unwrap());
+        assert_eq!((d.code(), d.reason), (Code::Unauthenticated, Reason::Invalid), "{d:?}");
+    });
+}
