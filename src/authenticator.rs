@@ -229,7 +229,7 @@ impl Inner {
         };
         let key = token.key();
         let lookup = self.cache.lookup(&key, now.mono_ms, |e| {
-            let verdict = judge(e, now.wall_ms);
+            let verdict = judge(e, now);
             let refresh = verdict.is_ok() && e.claim_refresh(now.mono_ms);
             (verdict, refresh)
         });
@@ -274,8 +274,8 @@ impl Inner {
     ) -> Result<Waiting<'a>, Result<Allowed, Denial>> {
         self.metrics.miss();
         // A token known to have expired will not become valid again: no need to ask.
-        if let Some(e) = old.as_ref().filter(|e| e.is_allow() && e.expires_ms <= now.wall_ms) {
-            return Err(judge(e, now.wall_ms).map(Allowed::user));
+        if let Some(e) = old.as_ref().filter(|e| e.is_allow() && now.has_passed(e.expires_ms)) {
+            return Err(judge(e, now).map(Allowed::user));
         }
         // An outage already met by this entry: answer from it at once, retry in the background.
         if let Some(e) = old.as_ref().filter(|e| e.is_stale() && self.stale_usable(e, now)) {
@@ -286,7 +286,7 @@ impl Inner {
         }
         let retain_ms = self.settings.retain_valid().as_millis() as u64;
         let known_valid = old.as_ref().is_some_and(|e| {
-            e.is_allow() && now.mono_ms < e.fresh_until.saturating_add(retain_ms) && e.expires_ms > now.wall_ms
+            e.is_allow() && now.mono_ms < e.fresh_until.saturating_add(retain_ms) && !now.has_passed(e.expires_ms)
         });
         let purpose = if known_valid { Purpose::KnownValid } else { Purpose::NewToken };
         let flight = match self.flights.join_or_lead(key) {
@@ -316,7 +316,7 @@ impl Inner {
             Fetched::Unavailable(format!("no answer from Auth2 within {:?}", self.wait_bound()).into())
         });
         let denial = match fetched {
-            Fetched::Entry(e) => return decided(judge(&e, now.wall_ms).map(Allowed::user)),
+            Fetched::Entry(e) => return decided(judge(&e, now).map(Allowed::user)),
             Fetched::InvalidUncached => return decided(Err(Denial::new(Reason::Invalid, MSG_INVALID))),
             Fetched::Refused(Refusal::BudgetSpent) => {
                 return decided(Err(Denial::new(Reason::TooManyNewTokens, MSG_TOO_MANY_NEW_TOKENS)
@@ -341,7 +341,7 @@ impl Inner {
         grace_ms > 0
             && e.is_allow()
             && now.mono_ms < e.fresh_until.saturating_add(grace_ms)
-            && e.expires_ms > now.wall_ms
+            && !now.has_passed(e.expires_ms)
     }
 
     fn stale_allow(&self, e: &Entry, token: Token<'_>, why: &str) -> Allowed {
@@ -415,7 +415,7 @@ impl Inner {
         let allowed = matches!(outcome, Outcome::Allow(_));
         let s = &self.settings;
         let (mut life, ends_at_expiry) = valid_life(info.cache_for, s.cache_max_ttl, id.expires_ms, now.wall_ms);
-        if id.expires_ms <= now.wall_ms {
+        if now.has_passed(id.expires_ms) {
             // Auth2 said 200 for an expired token; it will not become valid again.
             life = s.cache_invalid_ttl;
         }
@@ -518,18 +518,18 @@ impl Drop for Exchange {
 /// The per-call check of a cached verdict: expiry first (every call, hits included), then what
 /// Auth2 and the policy said.
 #[inline]
-fn judge(e: &Entry, now_wall: i64) -> Result<UserId, Denial> {
+fn judge(e: &Entry, now: Now) -> Result<UserId, Denial> {
     match e.outcome {
-        Outcome::Allow(user) if e.expires_ms > now_wall => Ok(user),
-        _ => Err(denial_of(e, now_wall)),
+        Outcome::Allow(user) if !now.has_passed(e.expires_ms) => Ok(user),
+        _ => Err(denial_of(e, now)),
     }
 }
 
 /// The denial [`judge`] gives; apart, so that the allow path stays a compare and a branch.
 #[cold]
 #[inline(never)]
-fn denial_of(e: &Entry, now_wall: i64) -> Denial {
-    if e.expires_ms <= now_wall {
+fn denial_of(e: &Entry, now: Now) -> Denial {
+    if now.has_passed(e.expires_ms) {
         let at = format_epoch_ms(e.expires_ms);
         return Denial::new(
             Reason::Expired,

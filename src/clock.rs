@@ -7,7 +7,13 @@
 //!   clock.
 //!
 //! Both are the kernel's coarse clocks (~5 ns each through the vDSO instead of ~20 ns; the tick
-//! is 1–4 ms, far below any window or lifetime here). Tests inject a [`ManualClock`].
+//! is 1–4 ms, far below any window or lifetime here). A coarse clock reads the time of its
+//! last update, which lags the true time by up to two ticks (measured here: up to 5.3 ms with a
+//! 4 ms tick), and more when the tick itself is late (a descheduled VM). Windows do not care;
+//! an expiry does: [`Now::has_passed`] asks the precise clock whenever the coarse reading is
+//! within [`COARSE_SLACK_MS`] of the instant in question, so an expiry is never enforced late,
+//! and the hit path still reads only the coarse clocks (a token is that close to its expiry
+//! for one second of its life). Tests inject a [`ManualClock`].
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -18,8 +24,34 @@ use std::time::Duration;
 pub struct Now {
     /// Monotonic milliseconds since an arbitrary origin.
     pub mono_ms: u64,
-    /// Wall-clock milliseconds since the Unix epoch.
+    /// Wall-clock milliseconds since the Unix epoch; from the system, up to
+    /// [`COARSE_SLACK_MS`] behind the true time.
     pub wall_ms: i64,
+    /// Whether `wall_ms` is exact (a [`ManualClock`]) rather than the coarse system clock.
+    wall_exact: bool,
+}
+
+/// How far behind the true time the coarse wall reading is taken to be, at most.
+pub const COARSE_SLACK_MS: i64 = 1_000;
+
+impl Now {
+    /// A reading of exact clocks (tests, and the manual clock).
+    pub fn exact(mono_ms: u64, wall_ms: i64) -> Now {
+        Now { mono_ms, wall_ms, wall_exact: true }
+    }
+
+    /// Whether the wall-clock instant `at_ms` (a token's expiry) has passed. Never late: near
+    /// `at_ms` the precise clock decides; if it cannot be read, the instant counts as passed.
+    #[inline]
+    pub fn has_passed(&self, at_ms: i64) -> bool {
+        if at_ms > self.wall_ms.saturating_add(COARSE_SLACK_MS) {
+            return false;
+        }
+        if self.wall_exact || at_ms <= self.wall_ms {
+            return at_ms <= self.wall_ms;
+        }
+        precise_wall_ms().is_none_or(|now| at_ms <= now)
+    }
 }
 
 #[derive(Clone, Default)]
@@ -35,14 +67,18 @@ impl Clock {
     #[inline]
     pub fn now(&self) -> Option<Now> {
         match self {
-            Clock::System => Some(Now { mono_ms: coarse_ms(libc::CLOCK_MONOTONIC_COARSE)?, wall_ms: wall_ms()? }),
+            Clock::System => Some(Now {
+                mono_ms: read_ms(libc::CLOCK_MONOTONIC_COARSE)?,
+                wall_ms: wall_ms()?,
+                wall_exact: false,
+            }),
             Clock::Manual(m) => m.now(),
         }
     }
 }
 
 #[inline]
-fn coarse_ms(clock: libc::clockid_t) -> Option<u64> {
+fn read_ms(clock: libc::clockid_t) -> Option<u64> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // Safety: `ts` is a valid out-pointer.
     if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
@@ -54,7 +90,12 @@ fn coarse_ms(clock: libc::clockid_t) -> Option<u64> {
 #[inline]
 fn wall_ms() -> Option<i64> {
     // A wall clock before 1970 is as broken as an unreadable one.
-    coarse_ms(libc::CLOCK_REALTIME_COARSE).and_then(|ms| i64::try_from(ms).ok())
+    read_ms(libc::CLOCK_REALTIME_COARSE).and_then(|ms| i64::try_from(ms).ok())
+}
+
+#[cold]
+fn precise_wall_ms() -> Option<i64> {
+    read_ms(libc::CLOCK_REALTIME).and_then(|ms| i64::try_from(ms).ok())
 }
 
 /// A clock that moves only when told to, for tests: `advance` moves both clocks, `step_wall`
@@ -80,7 +121,7 @@ impl ManualClock {
         if self.broken.load(Relaxed) {
             return None;
         }
-        Some(Now { mono_ms: self.mono_ms.load(Relaxed), wall_ms: self.wall_ms.load(Relaxed) })
+        Some(Now::exact(self.mono_ms.load(Relaxed), self.wall_ms.load(Relaxed)))
     }
 
     pub fn advance(&self, d: Duration) {
@@ -109,6 +150,28 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         let later = Clock::System.now().unwrap();
         assert!(later.mono_ms >= now.mono_ms + 20, "{now:?} → {later:?}");
+    }
+
+    /// The coarse wall clock lags the true time by a tick or more (up to 5.3 ms measured here),
+    /// so a token that had expired a millisecond ago was still allowed. Against the precise
+    /// clock, read just before.
+    #[test]
+    fn an_instant_a_millisecond_ago_has_passed() {
+        for _ in 0..200_000 {
+            let true_ms = precise_wall_ms().unwrap();
+            let now = Clock::System.now().unwrap();
+            assert!(now.has_passed(true_ms - 1), "expired 1 ms ago, coarse reading {} ms behind", true_ms - now.wall_ms);
+            assert!(now.has_passed(true_ms - 2_000));
+            assert!(!now.has_passed(true_ms + 2_000));
+        }
+    }
+
+    #[test]
+    fn exact_readings_decide_alone() {
+        let now = Now::exact(0, 10_000);
+        assert!(now.has_passed(10_000) && now.has_passed(9_999));
+        assert!(!now.has_passed(10_001) && !now.has_passed(i64::MAX));
+        assert!(now.has_passed(i64::MIN));
     }
 
     #[test]

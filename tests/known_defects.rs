@@ -232,3 +232,27 @@ fn a_revocation_reaches_threads_that_held_an_evicted_entry() {
         assert_eq!((d.code(), d.reason), (Code::Unauthenticated, Reason::Invalid), "{d:?}");
     });
 }
+
+/// Expiry was judged on the coarse wall clock, which lags the true time by a tick or more
+/// (up to 5 ms measured here): a token was allowed for a few milliseconds past its expiry.
+/// Against the real system clock: a cached token, called 1 ms after it expired, many times.
+#[test]
+fn a_token_is_denied_one_millisecond_after_its_expiry() {
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let fake = fake(vec![]);
+    let auth = authenticator(&fake, &[]);
+    for round in 0..100 {
+        let t = new_token("expiring");
+        let expires = now_ms() + 40;
+        fake.add_token(TokenEntry::new(&t, OWNER).expires_at_ms(expires));
+        assert_allowed(&call(&auth, &t));
+        // Spin to the first millisecond after the expiry (a sleep would overshoot it).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while now_ms() <= expires {
+            assert!(Instant::now() < deadline, "the clock stands still");
+            std::hint::spin_loop();
+        }
+        let d = denied(call(&auth, &t));
+        assert_eq!(d.reason, Reason::Expired, "round {round}: {d:?}");
+    }
+}
