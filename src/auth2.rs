@@ -66,16 +66,15 @@ pub struct TokenInfo {
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum Auth2Error {
-    /// Auth2 itself rejected the token: a 401 with its error JSON (or a 400 with its
-    /// "no token" appcode, which we never provoke).
+    /// Auth2 itself rejected the token: a 401 with its error JSON.
     #[error("Auth2 rejected the token")]
     Invalid,
     /// The service failed: no connection, a timeout, a 5xx. What the fail-fast breaker counts.
     #[error("{0}")]
     ServiceFailure(String),
     /// Something answered, but not with an answer we can trust (not JSON, no `user`, a 400
-    /// from a proxy, a redirect, an oversized body). Says nothing about the token, and nothing
-    /// about the service's health either.
+    /// from a proxy, Auth2's own 400 "no token" although we sent one, a redirect, an oversized
+    /// body). Says nothing about the token, and nothing about the service's health either.
     #[error("{0}")]
     BadAnswer(String),
 }
@@ -88,7 +87,7 @@ impl Auth2Error {
 }
 
 /// Auth2's error object (`{"error":{"httpcode":401,"appcode":10020,…}}`): the only proof that
-/// a 400/401 comes from Auth2 and not from a proxy or firewall in front of it.
+/// a 401 comes from Auth2 and not from a proxy or firewall in front of it.
 #[derive(Deserialize)]
 struct ErrorBody {
     error: ErrorFields,
@@ -100,7 +99,8 @@ struct ErrorFields {
     appcode: u32,
 }
 
-/// Auth2's appcode for a request without a token (HTTP 400).
+/// Auth2's appcode for a request without a token (HTTP 400). Every request we send carries one,
+/// so this answer means that something between us and Auth2 removed the header.
 const APPCODE_NO_TOKEN: u32 = 10010;
 
 #[derive(Deserialize)]
@@ -228,7 +228,12 @@ fn classify<T: for<'de> Deserialize<'de>>(status: u16, body: &[u8]) -> Result<T,
         400 | 401 => {
             let own = serde_json::from_slice::<ErrorBody>(body).ok().filter(|b| b.error.httpcode == status);
             match own {
-                Some(b) if status == 401 || b.error.appcode == APPCODE_NO_TOKEN => Err(Auth2Error::Invalid),
+                Some(_) if status == 401 => Err(Auth2Error::Invalid),
+                Some(b) if b.error.appcode == APPCODE_NO_TOKEN => Err(Auth2Error::BadAnswer(
+                    "Auth2 answered HTTP 400 'no authentication token' although the request carried one (something \
+                     between this server and Auth2 removed the Authorization header?)"
+                        .into(),
+                )),
                 _ => Err(Auth2Error::BadAnswer(format!(
                     "Auth2 answered HTTP {status} without Auth2's own error JSON (from a proxy or firewall in front \
                      of it?)"
@@ -299,7 +304,11 @@ mod tests {
     #[test]
     fn only_auth2s_own_rejections_mean_invalid() {
         assert_eq!(parse_token_answer(401, AUTH2_401), Err(Auth2Error::Invalid));
-        assert_eq!(parse_token_answer(400, AUTH2_400), Err(Auth2Error::Invalid));
+        // Auth2's own "no token": we always send one, so the header was lost on the way.
+        let Err(Auth2Error::BadAnswer(detail)) = parse_token_answer(400, AUTH2_400) else {
+            panic!("Auth2's 400 'no token' must be a bad answer")
+        };
+        assert!(detail.contains("HTTP 400 'no authentication token'"), "{detail}");
         for (status, body) in [
             (400, &b"<html><body>400 Bad Request (WAF)</body></html>"[..]),
             (400, br#"{"message":"bad request"}"#),

@@ -44,7 +44,8 @@ impl Now {
     /// `at_ms` the precise clock decides; if it cannot be read, the instant counts as passed.
     #[inline]
     pub fn has_passed(&self, at_ms: i64) -> bool {
-        if at_ms > self.wall_ms.saturating_add(COARSE_SLACK_MS) {
+        // No overflow: a clock reading is far below i64::MAX ms (year 292 million).
+        if at_ms > self.wall_ms + COARSE_SLACK_MS {
             return false;
         }
         if self.wall_exact || at_ms <= self.wall_ms {
@@ -67,11 +68,9 @@ impl Clock {
     #[inline]
     pub fn now(&self) -> Option<Now> {
         match self {
-            Clock::System => Some(Now {
-                mono_ms: read_ms(libc::CLOCK_MONOTONIC_COARSE)?,
-                wall_ms: wall_ms()?,
-                wall_exact: false,
-            }),
+            Clock::System => {
+                Some(Now { mono_ms: read_ms(libc::CLOCK_MONOTONIC_COARSE)?, wall_ms: wall_ms()?, wall_exact: false })
+            }
             Clock::Manual(m) => m.now(),
         }
     }
@@ -160,7 +159,11 @@ mod tests {
         for _ in 0..200_000 {
             let true_ms = precise_wall_ms().unwrap();
             let now = Clock::System.now().unwrap();
-            assert!(now.has_passed(true_ms - 1), "expired 1 ms ago, coarse reading {} ms behind", true_ms - now.wall_ms);
+            assert!(
+                now.has_passed(true_ms - 1),
+                "expired 1 ms ago, coarse reading {} ms behind",
+                true_ms - now.wall_ms
+            );
             assert!(now.has_passed(true_ms - 2_000));
             assert!(!now.has_passed(true_ms + 2_000));
         }

@@ -39,11 +39,11 @@ fn a_wall_clock_step_back_does_not_stretch_a_cache_window() {
     assert_eq!(fake.requests_for(&t), 2);
 }
 
-/// Any HTTP 400 was cached as "invalid token"; a 400 from a proxy or firewall in front of Auth2
-/// says nothing about the token.
+/// Any HTTP 400 was cached as "invalid token"; a 400 from a proxy or firewall in front of Auth2,
+/// or Auth2's own "no token" when a proxy dropped the header, says nothing about the token.
 #[test]
 fn a_400_from_a_proxy_is_unavailable_and_not_remembered() {
-    for fault in [Fault::Status400Html, Fault::Status400Json] {
+    for fault in [Fault::Status400Html, Fault::Status400Json, Fault::DropToken] {
         let t = new_token("proxied");
         let fake = fake(vec![TokenEntry::new(&t, OWNER)]);
         let auth = authenticator(&fake, &[]);
@@ -189,9 +189,8 @@ fn after_an_outage_the_owner_gets_back_in_while_a_flood_runs() {
     wait_idle(&auth);
     assert!(!owner_denials.is_empty(), "the owner's entry ran out during the cool-down");
     assert!(owner_denials.iter().all(|d| d.reason == Reason::Unavailable), "{owner_denials:?}");
-    let back_in = back_in.unwrap_or_else(|| {
-        panic!("the owner was not let back in within 8 s; last denial: {:?}", owner_denials.last())
-    });
+    let back_in = back_in
+        .unwrap_or_else(|| panic!("the owner was not let back in within 8 s; last denial: {:?}", owner_denials.last()));
     let bound = COOLDOWN + RTT + Duration::from_millis(500);
     println!("owner back in {back_in:?} after the breaker opened (bound {bound:?})");
     assert!(back_in <= bound, "the owner got back in only {back_in:?} after the breaker opened (bound {bound:?})");
@@ -255,4 +254,38 @@ fn a_token_is_denied_one_millisecond_after_its_expiry() {
         let d = denied(call(&auth, &t));
         assert_eq!(d.reason, Reason::Expired, "round {round}: {d:?}");
     }
+}
+
+/// Auth2's own 400 "no authentication token" was cached as an invalid token, and so ended a
+/// stale-if-error grace. We always send a token: that answer means something between us and
+/// Auth2 removed the header, a failure to check, not a verdict on the token.
+#[test]
+fn auth2s_no_token_answer_is_a_failure_to_check_not_a_verdict() {
+    let owner = new_token("dropped");
+    let fake = fake(vec![TokenEntry::new(&owner, OWNER).cachefor(2_000)]);
+    let clock = ManualClock::new();
+    let auth = authenticator_at(&fake, &[("spark.kbase.auth.cache.staleIfError", "1m")], &clock);
+    assert_allowed(&call(&auth, &owner));
+    fake.set_fault_blocking(Fault::DropToken).unwrap();
+    clock.advance(Duration::from_millis(2_100));
+    // The owner's entry has ended: it keeps working on its last valid answer.
+    match call(&auth, &owner) {
+        Ok(Allowed { warning: Some(line), .. }) => assert!(line.contains("no authentication token"), "{line}"),
+        other => panic!("expected a stale allow, got {other:?}"),
+    }
+    // A token never seen: UNAVAILABLE, asked again on every call (nothing was remembered).
+    let unseen = new_token("unseen");
+    fake.add_token(TokenEntry::new(&unseen, OWNER));
+    for attempt in 1..=3 {
+        let d = denied(call(&auth, &unseen));
+        assert_eq!((d.code(), d.reason), (Code::Unavailable, Reason::Unavailable), "{d:?}");
+        assert!(d.detail.contains("HTTP 400 'no authentication token'"), "{}", d.detail);
+        assert_eq!(fake.requests_for(&unseen), attempt, "the answer must not be cached");
+    }
+    fake.set_fault_blocking(Fault::None).unwrap();
+    assert_allowed(&call(&auth, &unseen));
+    clock.advance(Duration::from_secs(1)); // the owner's background retry is due
+    assert_allowed(&call(&auth, &owner));
+    wait_idle(&auth);
+    assert!(matches!(call(&auth, &owner), Ok(Allowed { warning: None, .. })), "validated again");
 }

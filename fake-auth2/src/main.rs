@@ -36,6 +36,8 @@ fault modes (affect /api/V2/token and /api/V2/me only):
   ignore_expiry  200 for expired tokens, with their past 'expires'
   status400html  400 with an HTML body (a proxy or WAF in front of Auth2)
   status400json  400 with JSON that is not Auth2's error object
+  drop_token     Auth2's own 400 'no authentication token' (appcode 10010) whatever the request
+                 carried: a proxy in front of Auth2 that drops the Authorization header
   redirect       302 to the redirect target, a second listener that serves the same API;
                  GET /counts reports its requests as 'redirected'";
 

@@ -161,6 +161,9 @@ pub enum Fault {
     Status400Html,
     /// 400 with JSON that is not Auth2's error object (e.g. a gateway's own error format).
     Status400Json,
+    /// Auth2's own answer to a request without a token (400, appcode 10010), whatever the
+    /// request carried: a proxy in front of Auth2 that drops the `Authorization` header.
+    DropToken,
     /// 302 with `Location` on the fake's redirect target: a second listener that answers like
     /// the fake (a client that followed would get a real answer) and counts every request it
     /// receives, so a test can prove the token never left for another place.
@@ -181,6 +184,7 @@ impl Fault {
         "ignore_expiry",
         "status400html",
         "status400json",
+        "drop_token",
         "redirect",
     ];
 
@@ -204,6 +208,7 @@ impl Fault {
             "ignore_expiry" => Fault::IgnoreExpiry,
             "status400html" => Fault::Status400Html,
             "status400json" => Fault::Status400Json,
+            "drop_token" => Fault::DropToken,
             "redirect" => Fault::Redirect,
             other => return Err(format!("unknown mode {other:?}; expected {}", Fault::MODES.join("|"))),
         })
@@ -223,6 +228,7 @@ impl Fault {
             Fault::IgnoreExpiry => "ignore_expiry",
             Fault::Status400Html => "status400html",
             Fault::Status400Json => "status400json",
+            Fault::DropToken => "drop_token",
             Fault::Redirect => "redirect",
         }
     }
@@ -290,7 +296,7 @@ mod tests {
         for &m in Fault::MODES.iter().filter(|m| !["delay", "late_answer"].contains(*m)) {
             assert_eq!(Fault::parse(m, None).unwrap().mode_name(), m);
         }
-        assert_eq!(Fault::MODES.len(), 12);
+        assert_eq!(Fault::MODES.len(), 13);
         let late = Fault::parse("late_answer", Some(250)).unwrap();
         assert_eq!((late.mode_name(), &late), ("late_answer", &Fault::LateAnswer(Duration::from_millis(250))));
         assert!(Fault::parse("late_answer", None).is_err());

@@ -321,6 +321,7 @@ async fn token_endpoint(
         Fault::Malformed => return Ok(with_type(StatusCode::OK, "application/json", MALFORMED_BODY)),
         Fault::Status400Html => return Ok(with_type(StatusCode::BAD_REQUEST, "text/html", NGINX_400)),
         Fault::Status400Json => return Ok(with_type(StatusCode::BAD_REQUEST, "application/json", GATEWAY_400_JSON)),
+        Fault::DropToken => return Ok(answer_for(state, route, None, true)),
         Fault::Redirect => {
             let location = format!("http://{}{}", state.redirect_target, path_and_query);
             let mut r = with_type(StatusCode::FOUND, "text/html", "<html><body>Moved</body></html>");

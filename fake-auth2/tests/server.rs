@@ -265,6 +265,16 @@ async fn fault_status400json() {
     }
 }
 
+#[tokio::test]
+async fn fault_drop_token_answers_as_auth2_does_without_a_token() {
+    let f = fake().await;
+    f.set_fault(Fault::DropToken);
+    for path in [TOKEN, ME] {
+        assert_app_error(&get(f.addr(), path, Some("good")).await.unwrap(), 400, 10010, "No authentication token");
+    }
+    assert_eq!(f.requests_for("good"), 2, "counted under the token the request carried");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_redirect_points_at_a_counting_target() {
     let f = FakeAuth2::start(FakeConfig::new().prefix("/services/auth").token(TokenEntry::new("good", "alice")))

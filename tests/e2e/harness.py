@@ -365,7 +365,7 @@ class FakeAuth2:
 
     def fault(self, mode: str, delay_ms: Optional[int] = None) -> None:
         """Sets the fault mode (see `fake-auth2 --help`): none, refuse, delay, late_answer, status503,
-        html502, malformed, nouser, ignore_expiry, status400html, status400json, redirect."""
+        html502, malformed, nouser, ignore_expiry, status400html, status400json, drop_token, redirect."""
         body = {"mode": mode}
         if delay_ms is not None:
             body["delay_ms"] = delay_ms

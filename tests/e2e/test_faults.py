@@ -22,6 +22,7 @@ FAULTS = [
     ("nouser", None),
     ("status400html", None),  # a proxy's or WAF's 400: not Auth2 saying "invalid token"
     ("status400json", None),
+    ("drop_token", None),  # Auth2's own 400 "no token": a proxy dropped the header, the token is not judged
     ("redirect", None),
 ]
 

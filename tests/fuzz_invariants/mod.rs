@@ -86,10 +86,11 @@ pub fn settings(map: &HashMap<String, String>) -> Result<(), String> {
 }
 
 /// Auth2 answers (status and body) for `/api/V2/token` and `/api/V2/me`: never panics; only a
-/// 200 can allow (with a non-empty user); "invalid token" only for a 400/401 carrying Auth2's own
-/// error JSON (an `error` object whose `httpcode` is the status), never for a proxy's 400 or
-/// anything else; only a 5xx counts as a service failure (for the breaker); everything else that
-/// is not an answer is a bad answer.
+/// 200 can allow (with a non-empty user); "invalid token" only for a 401 carrying Auth2's own
+/// error JSON (an `error` object whose `httpcode` is the status), never for a 400 (a proxy's, or
+/// Auth2's own "no token", which means the header was lost on the way) or anything else; only a
+/// 5xx counts as a service failure (for the breaker); everything else that is not an answer is a
+/// bad answer.
 pub fn auth2_answer(status: u16, body: &[u8]) -> Result<(), String> {
     match parse_token_answer(status, body) {
         Ok(info) => {
@@ -97,7 +98,7 @@ pub fn auth2_answer(status: u16, body: &[u8]) -> Result<(), String> {
             ensure!(!info.identity.user.is_empty(), "valid with an empty user");
         }
         Err(Auth2Error::Invalid) => {
-            ensure!(status == 400 || status == 401, "{status} taken as 'invalid token'");
+            ensure!(status == 401, "{status} taken as 'invalid token'");
             ensure!(
                 is_auth2_error_json(status, body),
                 "a {status} without Auth2's error JSON taken as 'invalid token'"
@@ -118,8 +119,8 @@ pub fn auth2_answer(status: u16, body: &[u8]) -> Result<(), String> {
 }
 
 /// Whether `body` is Auth2's error envelope for `status` (SPEC §3): an `error` object whose
-/// `httpcode` is the status and, for a 400, whose `appcode` is 10010 ("no authentication
-/// token"). Read field by field like any JSON client would: other fields are not looked at.
+/// `httpcode` is the status. Read field by field like any JSON client would: other fields are
+/// not looked at.
 fn is_auth2_error_json(status: u16, body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Envelope {
@@ -128,10 +129,9 @@ fn is_auth2_error_json(status: u16, body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct Fields {
         httpcode: u16,
-        appcode: Option<u32>,
     }
     match serde_json::from_slice::<Envelope>(body) {
-        Ok(e) => e.error.httpcode == status && (status == 401 || e.error.appcode == Some(10010)),
+        Ok(e) => e.error.httpcode == status,
         Err(_) => false,
     }
 }

@@ -311,7 +311,7 @@ public class KBaseAuthServerInterceptorTest {
         KBaseAuthServerInterceptor i = interceptor();
         long redirected = fake.redirectedRequests();
         for (String mode : new String[] {"status503", "html502", "malformed", "nouser", "status400html",
-                "status400json", "redirect"}) {
+                "status400json", "drop_token", "redirect"}) {
             fake.fault(mode);
             Outcome o = call(i, "Bearer " + token("alice"), null);
             assertEquals("fault " + mode, Status.Code.UNAVAILABLE, o.code());

@@ -162,7 +162,7 @@ public final class FakeAuth2 implements AutoCloseable {
 
     /**
      * Sets the fault mode: none, refuse, delay, status503, html502, malformed, nouser, ignore_expiry,
-     * status400html, status400json, redirect (see {@code fake-auth2 --help}).
+     * status400html, status400json, drop_token, redirect (see {@code fake-auth2 --help}).
      */
     public void fault(String mode) throws IOException, InterruptedException {
         fault(mode, 0);
