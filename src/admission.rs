@@ -114,7 +114,8 @@ impl Drop for Slot {
 }
 
 impl InFlightLimit {
-    /// Reserves a quarter of the slots (at least one, as long as one is left for new tokens).
+    /// Reserves a quarter of the slots (at least one, as long as one is left for new tokens;
+    /// the settings refuse fewer than two slots).
     pub fn new(max: u32) -> InFlightLimit {
         let reserved = if max >= 2 { (max / 4).max(1) } else { 0 };
         InFlightLimit { in_flight: AtomicU32::new(0), max, reserved }

@@ -334,14 +334,9 @@ impl Inner {
         }
     }
 
-    /// Whether an ended valid entry may still answer: stale-if-error on, within its grace,
-    /// and never past the token's own expiry.
+    /// Whether an ended valid entry may still answer (see [`Entry::usable_stale`]).
     fn stale_usable(&self, e: &Entry, now: Now) -> bool {
-        let grace_ms = self.settings.stale_if_error.as_millis() as u64;
-        grace_ms > 0
-            && e.is_allow()
-            && now.mono_ms < e.fresh_until.saturating_add(grace_ms)
-            && !now.has_passed(e.expires_ms)
+        e.usable_stale(self.settings.stale_if_error.as_millis() as u64, now)
     }
 
     fn stale_allow(&self, e: &Entry, token: Token<'_>, why: &str) -> Allowed {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
+use crate::clock::Now;
 use crate::decision::Denial;
 use crate::token::TokenKey;
 use crate::users::UserId;
@@ -132,6 +133,18 @@ impl Entry {
         if self.set_flag(STALE) {
             self.next_refresh.store(now_mono.saturating_add(self.retry_ms), Ordering::Relaxed);
         }
+    }
+
+    /// Whether this entry may still answer, for up to `grace_ms` past its end, while Auth2
+    /// cannot (stale if error): a valid verdict, before the token's own expiry, and only while
+    /// it is the token's latest entry (one that was superseded may have been replaced by a
+    /// rejection while the caller held it).
+    pub fn usable_stale(&self, grace_ms: u64, now: Now) -> bool {
+        grace_ms > 0
+            && self.is_allow()
+            && self.flags.load(Ordering::Acquire) & SUPERSEDED == 0
+            && now.mono_ms < self.fresh_until.saturating_add(grace_ms)
+            && !now.has_passed(self.expires_ms)
     }
 
     /// True once per entry: whether to log its first stale allow.
@@ -420,6 +433,25 @@ mod tests {
             assert!(held.iter().any(|k| c.get_fresh(k, 20).is_none()), "an entry the other thread holds was evicted");
             barrier.wait();
         });
+    }
+
+    /// A caller that held an ended entry while another exchange replaced it (with a rejection,
+    /// say) could still answer from it stale: the superseded flag was not looked at.
+    #[test]
+    fn a_superseded_entry_never_answers_stale() {
+        let c = VerdictCache::new(10);
+        let held = allow(0, 1_000);
+        c.insert(key(7), Arc::clone(&held));
+        let now = Now::exact(1_500, 0);
+        assert!(held.usable_stale(60_000, now), "ended, within the grace");
+        assert!(!held.usable_stale(0, now), "no grace configured");
+        assert!(!held.usable_stale(60_000, Now::exact(61_000, 0)), "past the grace");
+        let denial = Arc::new(Denial::new(Reason::Invalid, "revoked"));
+        c.insert(
+            key(7),
+            Arc::new(Entry::new(Outcome::Deny(denial), i64::MAX, 1_500, Duration::from_secs(5), None, Duration::ZERO)),
+        );
+        assert!(!held.usable_stale(60_000, now), "replaced by a rejection");
     }
 
     #[test]

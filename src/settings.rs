@@ -83,6 +83,10 @@ pub enum ConfigError {
     UnknownKey { key: String, known: String },
 }
 
+/// The fewest Auth2 requests in flight a configuration may allow: one slot for new tokens and
+/// one held back for tokens known valid (see [`crate::admission::InFlightLimit`]).
+pub const MIN_CONCURRENT_REQUESTS: u32 = 2;
+
 pub fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.to_owned(), problem: problem.into() }
 }
@@ -196,12 +200,7 @@ impl Settings {
                 get(KEY_FAIL_FAST_COOLDOWN),
                 d.fail_fast_cooldown,
             )?,
-            max_concurrent_requests: parse_int(
-                KEY_MAX_CONCURRENT,
-                get(KEY_MAX_CONCURRENT),
-                d.max_concurrent_requests.into(),
-                1,
-            )? as u32,
+            max_concurrent_requests: parse_max_concurrent(get(KEY_MAX_CONCURRENT), d.max_concurrent_requests)?,
             refresh_ahead: parse_duration(KEY_REFRESH_AHEAD, get(KEY_REFRESH_AHEAD), d.refresh_ahead)?,
             stale_if_error: parse_duration(KEY_STALE_IF_ERROR, get(KEY_STALE_IF_ERROR), d.stale_if_error)?,
             new_tokens_per_second: parse_int(
@@ -364,6 +363,22 @@ pub fn parse_int(key: &str, raw: Option<&str>, default: u64, min: u64) -> Result
     Ok(n)
 }
 
+/// `maxConcurrentRequests`: at least [`MIN_CONCURRENT_REQUESTS`], because with one slot none is
+/// left to hold back, and one new token's slow lookup would lock the owner's re-validation out.
+fn parse_max_concurrent(raw: Option<&str>, default: u32) -> Result<u32, ConfigError> {
+    let n = parse_int(KEY_MAX_CONCURRENT, raw, default.into(), 1)? as u32;
+    if n < MIN_CONCURRENT_REQUESTS {
+        return Err(invalid(
+            KEY_MAX_CONCURRENT,
+            format!(
+                "{n} is too few: at least {MIN_CONCURRENT_REQUESTS}, because a quarter of the slots (at least one) is \
+                 held back for tokens known valid, so that the owner's re-validation always finds one"
+            ),
+        ));
+    }
+    Ok(n)
+}
+
 /// Durations need a unit (`ms`, `s`, `m`, `h`): a bare `5` is ambiguous between Spark's
 /// seconds-based and milliseconds-based settings, so it is refused rather than guessed.
 pub fn parse_duration(key: &str, raw: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
@@ -498,6 +513,17 @@ mod tests {
         }
         let err = Settings::from_map(&map(&[("KBASE_AUTH_URL", "::"), ("USER", "a")])).unwrap_err();
         assert!(err.to_string().starts_with("KBASE_AUTH_URL"), "{err}");
+    }
+
+    /// One slot left none to hold back for tokens known valid: a single slow lookup of a new
+    /// token kept the owner's re-validation out. Refused at start-up, saying why.
+    #[test]
+    fn one_concurrent_request_is_refused() {
+        let err = Settings::from_map(&map(&[("USER", "alice"), (KEY_MAX_CONCURRENT, "1")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with(KEY_MAX_CONCURRENT) && text.contains("at least 2"), "{text}");
+        let two = Settings::from_map(&map(&[("USER", "alice"), (KEY_MAX_CONCURRENT, "2")])).unwrap();
+        assert_eq!(crate::admission::InFlightLimit::new(two.max_concurrent_requests).reserved(), 1);
     }
 
     #[test]
