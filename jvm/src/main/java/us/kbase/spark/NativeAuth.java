@@ -347,9 +347,12 @@ final class NativeAuth {
     /**
      * A new directory in {@code parent} that only the owner can enter: created atomically with
      * mode 0700 (mkdir fails rather than reuse an existing name), then set to exactly 0700 in case
-     * the umask took away owner bits. A parent that other users may write to without the sticky
-     * bit is refused: they could rename the new directory away and put their own in its place
-     * before the library is loaded.
+     * the umask took away owner bits. It is created in {@code parent}'s real path, and only if
+     * that directory and every one above it, up to {@code /}, is owned by this process's user or
+     * root and lets no one else write without the sticky bit: anyone else who owns or may freely
+     * write one of them (a {@code java.io.tmpdir} squatted by another user, or any directory
+     * above ours) could rename the new directory, or one above it, away and put their own in its
+     * place before the library is loaded.
      */
     static Path createPrivateDirectory(Path parent) throws IOException {
         if (!Files.exists(parent)) {
@@ -358,14 +361,46 @@ final class NativeAuth {
         if (!Files.isDirectory(parent)) {
             throw new NotDirectoryException(parent.toString());
         }
-        int mode = (Integer) Files.getAttribute(parent, "unix:mode");
-        if ((mode & 0022) != 0 && (mode & 01000) == 0) {
-            throw new FileSystemException(parent.toString(), null, String.format(
-                    "writable by other users without the sticky bit (mode %04o), so not safe", mode & 07777));
-        }
-        Path dir = Files.createTempDirectory(parent, "kbase-spark-auth-", OWNER_ONLY);
+        Path real = parent.toRealPath();
+        checkTrusted(real, parent);
+        Path dir = Files.createTempDirectory(real, "kbase-spark-auth-", OWNER_ONLY);
         Files.setPosixFilePermissions(dir, OWNER_ONLY.value());
         return dir;
+    }
+
+    /** Refuses {@code real} (the real path of {@code named}) unless only this user or root controls it and its parents. */
+    private static void checkTrusted(Path real, Path named) throws IOException {
+        int uid = effectiveUid();
+        for (Path d = real; d != null; d = d.getParent()) {
+            String where = d.equals(real) ? "" : "inside " + d + ", ";
+            int owner = (Integer) Files.getAttribute(d, "unix:uid");
+            if (owner != uid && owner != 0) {
+                throw new FileSystemException(named.toString(), null, String.format(
+                        "%sowned by uid %d, neither this user (uid %d) nor root, so not safe", where, owner, uid));
+            }
+            int mode = (Integer) Files.getAttribute(d, "unix:mode");
+            if ((mode & 0022) != 0 && (mode & 01000) == 0) {
+                throw new FileSystemException(named.toString(), null, String.format(
+                        "%swritable by other users without the sticky bit (mode %04o), so not safe", where, mode & 07777));
+            }
+        }
+    }
+
+    private static Integer uid;
+
+    /** This process's effective user id, from {@code /proc/self/status} (Linux: the only platform the library serves). */
+    static synchronized int effectiveUid() throws IOException {
+        if (uid == null) {
+            for (String line : Files.readAllLines(Paths.get("/proc/self/status"))) {
+                if (line.startsWith("Uid:")) {
+                    uid = Integer.valueOf(line.substring(4).trim().split("\\s+")[1]);
+                }
+            }
+            if (uid == null) {
+                throw new IOException("cannot tell this process's user: no Uid line in /proc/self/status");
+            }
+        }
+        return uid;
     }
 
     /**

@@ -312,6 +312,50 @@ public class NativeAuthLoaderTest {
         assertEmpty(sticky);
     }
 
+    /**
+     * A sticky, world-writable directory owned by another user (a squatted {@code java.io.tmpdir})
+     * was accepted; its owner can rename our private directory away and swap in their own before
+     * {@code System.load}. So is a directory of ours inside one that another user owns. Both are
+     * skipped now. Needs root (to give the directories to {@code nobody}).
+     */
+    @Test
+    public void directoriesAnotherUserControlsAreSkipped() throws Exception {
+        assumeRoot("give directories to another user");
+        int nobody = 65534;
+        Path squatted = tmp.newFolder("squatted").toPath();
+        Files.setAttribute(squatted, "unix:mode", 01777);
+        Files.setAttribute(squatted, "unix:uid", nobody);
+        Path theirs = tmp.newFolder("theirs").toPath();
+        Path oursInTheirs = Files.createDirectory(theirs.resolve("ours"));
+        Files.setAttribute(theirs, "unix:mode", 0755);
+        Files.setAttribute(theirs, "unix:uid", nobody);
+        Path usable = tmp.newFolder("usable").toPath();
+        String log = loadsFrom(usable, dirs(squatted, "java.io.tmpdir", oursInTheirs, "SPARK_LOCAL_DIRS",
+                usable, "working directory"));
+        assertThat(log, containsString("after 2 unusable directories: 1) " + squatted + " (java.io.tmpdir): cannot "
+                + "create a private directory there: owned by uid 65534, neither this user (uid 0) nor root, so not "
+                + "safe; 2) " + oursInTheirs + " (SPARK_LOCAL_DIRS): cannot create a private directory there: inside "
+                + theirs + ", owned by uid 65534, neither this user (uid 0) nor root, so not safe; set"));
+        assertEmpty(squatted);
+        assertEmpty(oursInTheirs);
+        assertEmpty(usable);
+    }
+
+    /** A link to a directory is judged, and used, by its real path. */
+    @Test
+    public void aLinkedDirectoryIsJudgedByItsTarget() throws Exception {
+        assumeRoot("give a directory to another user");
+        Path squatted = tmp.newFolder("squatted-target").toPath();
+        Files.setAttribute(squatted, "unix:mode", 01777);
+        Files.setAttribute(squatted, "unix:uid", 65534);
+        Path link = Files.createSymbolicLink(tmp.getRoot().toPath().resolve("link-to-squatted"), squatted);
+        Path usable = tmp.newFolder("usable").toPath();
+        assertThat(loadsFrom(usable, dirs(link, "java.io.tmpdir", usable, "working directory")),
+                containsString("1) " + link + " (java.io.tmpdir): cannot create a private directory there: owned by uid "
+                        + "65534"));
+        assertEmpty(squatted);
+    }
+
     @Test
     public void noexecDirectoryIsSkipped() throws Exception {
         Path noexec = mountTmpfs("noexec", "noexec,size=16m");
@@ -463,6 +507,16 @@ public class NativeAuthLoaderTest {
         }
         fail("load() succeeded");
         return null;
+    }
+
+    /** Skips the running test, saying why, unless it runs as root. */
+    private static void assumeRoot(String toDoWhat) throws IOException {
+        boolean root = NativeAuth.effectiveUid() == 0;
+        if (!root) {
+            String why = "SKIPPED: needs root to " + toDoWhat + "; running as uid " + NativeAuth.effectiveUid();
+            System.err.println(why);
+            Assume.assumeTrue(why, false);
+        }
     }
 
     /** A tmpfs mounted on a new directory, unmounted after the test; the test is skipped (with the reason) where mounting is impossible. */
