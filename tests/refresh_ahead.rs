@@ -161,3 +161,33 @@ fn denials_are_not_refreshed() {
     wait_idle(&auth);
     assert_eq!(fake.requests_for(&t), 1);
 }
+
+/// The README said a failed refresh is "retried a quarter-window later", but the spacing is
+/// capped at 2 s: with the default 30 s window that is 2 s, not 7.5 s. The behaviour with the
+/// defaults, and the README saying the same.
+#[test]
+fn failed_refreshes_are_retried_a_quarter_window_later_but_at_most_2s_later() {
+    let t = new_token("capped");
+    let fake = fake(vec![TokenEntry::new(&t, OWNER).cachefor(300_000)]); // life 5 min, window 30 s
+    let clock = ManualClock::new();
+    let auth = authenticator_at(&fake, &[], &clock);
+    assert_allowed(&call(&auth, &t));
+    fake.set_fault_blocking(Fault::Status503).unwrap();
+    clock.advance(Duration::from_secs(271));
+    assert_allowed(&call(&auth, &t)); // starts the refresh, which fails
+    wait_idle(&auth);
+    assert_eq!(fake.requests_for(&t), 2);
+    clock.advance(Duration::from_millis(1_990));
+    assert_allowed(&call(&auth, &t));
+    wait_idle(&auth);
+    assert_eq!(fake.requests_for(&t), 2, "not retried before 2 s");
+    clock.advance(Duration::from_millis(20));
+    assert_allowed(&call(&auth, &t));
+    wait_idle(&auth);
+    assert_eq!(fake.requests_for(&t), 3, "retried 2 s later (a quarter of the window would be 7.5 s)");
+
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let said = "A failed refresh is retried a quarter of the refresh window later, but at least 100 ms and at \
+                most 2 s after the last attempt.";
+    assert!(readme.split_whitespace().collect::<Vec<_>>().join(" ").contains(said), "the README must say: {said}");
+}
