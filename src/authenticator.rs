@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::admission::{Breaker, InFlightLimit, NewTokenBudget, Pass, Purpose, Refusal, ServiceOutcome, Slot};
 use crate::auth2::{Auth2Client, Auth2Error, TokenInfo};
-use crate::cache::{valid_life, Entry, Lookup, Outcome, VerdictCache};
+use crate::cache::{valid_life, valid_retention, Entry, Lookup, Outcome, VerdictCache};
 use crate::clock::{Clock, Now};
 use crate::decision::{format_epoch_ms, Denial, Reason};
 use crate::denial_log::DenialLog;
@@ -284,10 +284,7 @@ impl Inner {
             }
             return Err(Ok(self.stale_allow(e, token, "Auth2 still failing")));
         }
-        let retain_ms = self.settings.retain_valid().as_millis() as u64;
-        let known_valid = old.as_ref().is_some_and(|e| {
-            e.is_allow() && now.mono_ms < e.fresh_until.saturating_add(retain_ms) && !now.has_passed(e.expires_ms)
-        });
+        let known_valid = old.as_ref().is_some_and(|e| e.known_valid(now));
         let purpose = if known_valid { Purpose::KnownValid } else { Purpose::NewToken };
         let flight = match self.flights.join_or_lead(key) {
             Role::Follower(f) => f,
@@ -416,7 +413,10 @@ impl Inner {
         }
         // Refreshing an entry that ends with its token gains nothing; nor does refreshing a denial.
         let refresh = (allowed && !ends_at_expiry && !s.refresh_ahead.is_zero()).then(|| s.refresh_ahead.min(life / 2));
-        let retain = if allowed { s.retain_valid() } else { Duration::ZERO };
+        let retain = match allowed {
+            true => valid_retention(s.retain_valid(), life, id.expires_ms, now.wall_ms),
+            false => Duration::ZERO,
+        };
         Entry::new(outcome, id.expires_ms, now.mono_ms, life, refresh, retain)
     }
 }
@@ -440,7 +440,7 @@ impl Exchange {
         let inner = &self.inner;
         self.slot = Some(inner.in_flight.try_acquire(purpose)?);
         self.pass = Some(inner.breaker.admit(now.mono_ms, purpose)?);
-        if purpose == Purpose::NewToken && !inner.budget.try_take(now.mono_ms) {
+        if purpose == Purpose::NewToken && !inner.budget.try_take(now.mono_ms, self.key) {
             return Err(Refusal::BudgetSpent);
         }
         Ok(())

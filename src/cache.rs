@@ -4,7 +4,8 @@
 //! * An entry is *fresh* until `fresh_until` on the monotonic clock; the caller re-checks the
 //!   token's own expiry (wall clock) on every use. An entry that has ended is kept a while
 //!   longer (`retain`) but never answers by itself: it only tells the caller that this token was
-//!   valid recently (re-validation without the new-token budget; stale-if-error).
+//!   valid (re-validation without the new-token budget, see [`Entry::known_valid`];
+//!   stale-if-error). A valid entry is kept until its token expires (see [`valid_retention`]).
 //! * A lookup is synchronous in the calling thread: first a tiny per-thread front table (no
 //!   shared writes, so hits scale with threads), then the shared `moka` cache. No runtime hop, no
 //!   lock held across I/O, nothing allocated or reference-counted on a front-table hit.
@@ -44,6 +45,8 @@ pub struct Entry {
     retry_ms: u64,
     /// How long moka keeps it in memory after insertion: its life plus the retention.
     keep: Duration,
+    /// The end of that, on the monotonic clock.
+    kept_until: u64,
     flags: AtomicU8,
 }
 
@@ -87,6 +90,7 @@ impl Entry {
             next_refresh: AtomicU64::new(window_ms.map_or(u64::MAX, |w| fresh_until - w)),
             retry_ms: (window_ms.unwrap_or(0) / 4).clamp(MIN_RETRY_MS, MAX_RETRY_MS),
             keep: life + retain,
+            kept_until: fresh_until.saturating_add(retain.as_millis().min(u128::from(u64::MAX / 4)) as u64),
             flags: AtomicU8::new(0),
         }
     }
@@ -133,6 +137,16 @@ impl Entry {
         if self.set_flag(STALE) {
             self.next_refresh.store(now_mono.saturating_add(self.retry_ms), Ordering::Relaxed);
         }
+    }
+
+    /// Whether Auth2's last word on this token was "valid" (and the policy's "allow"), and
+    /// nothing since says otherwise: kept, not superseded, before the token's expiry. Such a
+    /// token is re-validated without the new-token budget, however long ago its entry ended.
+    pub fn known_valid(&self, now: Now) -> bool {
+        self.is_allow()
+            && self.flags.load(Ordering::Acquire) & SUPERSEDED == 0
+            && now.mono_ms < self.kept_until
+            && !now.has_passed(self.expires_ms)
     }
 
     /// Whether this entry may still answer, for up to `grace_ms` past its end, while Auth2
@@ -307,6 +321,17 @@ impl Front {
     }
 }
 
+/// The longest a valid entry is kept past its end.
+pub const MAX_RETAIN_VALID: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long a valid entry of `life` is kept after its end: until its token expires, so that its
+/// owner stays known valid after a pause of any length (at most [`MAX_RETAIN_VALID`]), and at
+/// least `floor` (stale-if-error's grace).
+pub fn valid_retention(floor: Duration, life: Duration, expires_ms: i64, now_wall: i64) -> Duration {
+    let until_expiry = Duration::from_millis(expires_ms.saturating_sub(now_wall).max(0) as u64);
+    until_expiry.saturating_sub(life).min(MAX_RETAIN_VALID).max(floor)
+}
+
 /// Lifetime of a valid token's entry: `min(cachefor, cap, expires − now)`, never negative; and
 /// whether the token's expiry is what ends it.
 pub fn valid_life(cache_for: Option<Duration>, cap: Duration, expires_ms: i64, now_wall: i64) -> (Duration, bool) {
@@ -345,6 +370,17 @@ mod tests {
             Lookup::Ended(_) => "ended",
             Lookup::Absent => "absent",
         }
+    }
+
+    #[test]
+    fn valid_entries_are_kept_until_their_token_expires() {
+        let (s, h) = (Duration::from_secs, |n: u64| Duration::from_secs(n * 3600));
+        let floor = s(300);
+        let now = 1_000_000;
+        assert_eq!(valid_retention(floor, s(300), now + 14 * 24 * 3_600_000, now), h(14 * 24) - s(300));
+        assert_eq!(valid_retention(floor, s(300), now + 600_000, now), floor, "at least the floor");
+        assert_eq!(valid_retention(floor, s(300), i64::MAX, now), MAX_RETAIN_VALID);
+        assert_eq!(valid_retention(floor, s(10), now - 5, now), floor, "expired: the floor");
     }
 
     #[test]

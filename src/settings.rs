@@ -252,8 +252,9 @@ impl Settings {
         }
     }
 
-    /// How long an ended valid entry is remembered: long enough for stale-if-error, and at
-    /// least a cache window, so that an owner whose entry just ended is still known valid.
+    /// The least time an ended valid entry is remembered (it is kept until its token expires,
+    /// see [`crate::cache::valid_retention`]): long enough for stale-if-error, and at least a
+    /// cache window.
     pub fn retain_valid(&self) -> Duration {
         self.stale_if_error.max(self.cache_max_ttl)
     }
