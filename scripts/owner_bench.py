@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """What the owner feels through real Spark Connect at the end of every cache window, and under a
 flood of made-up tokens: the figures of docs/PERFORMANCE.md ("The owner at window boundaries",
-"A flood of made-up tokens").
+"A flood of made-up tokens", "A new owner token under the flood").
 
 Run from the repository root on an otherwise idle machine (needs the jar, the fake Auth2 and
 the venv, as for the e2e tests; `scripts/test.sh --quick` builds them):
 
-    .venv/bin/python scripts/owner_bench.py [--minutes 1] [--flood-seconds 30]
+    .venv/bin/python scripts/owner_bench.py [--minutes 1] [--flood-seconds 30] [--workloads windows,flood]
 
 Servers (one fake Auth2 answering every lookup after ``--auth2-delay-ms``, the owner's token
 with a ``cachefor`` of ``--window-ms``):
@@ -24,7 +24,11 @@ with a ``cachefor`` of ``--window-ms``):
 2. ``flood``: on ``R``, ``--flood-threads`` client threads send random well-formed tokens for
    ``--flood-seconds`` while the owner calls steadily; then the owner alone for as long. Flood
    calls/s and statuses, Auth2 lookups/s, owner p50/p99/max with and without the flood, and the
-   plugin's log lines written during the flood.
+   plugin's log lines written during the flood. Meanwhile, ``--new-token-probes`` times the
+   owner logs in again: each a never-seen owner token, used by the real pyspark client (a child
+   process: a new session and a small query, pyspark's own retries of UNAVAILABLE included)
+   until the query's rows arrive or ``--probe-timeout`` s pass; then the same query with a new
+   token without the flood, for the query's own time.
 
 Every process listens on 127.0.0.1 and is stopped by PID at the end (tests/e2e/harness.py).
 Tokens never appear in the output.
@@ -52,6 +56,9 @@ def parse_args():
     ap.add_argument("--auth2-delay-ms", type=int, default=100, help="fake Auth2 answer delay")
     ap.add_argument("--flood-seconds", type=float, default=30.0)
     ap.add_argument("--flood-threads", type=int, default=8)
+    ap.add_argument("--new-token-probes", type=int, default=5, help="new owner tokens tried during the flood")
+    ap.add_argument("--probe-timeout", type=float, default=120.0, help="bound on one probe, seconds")
+    ap.add_argument("--workloads", default="windows,flood", help="which workloads to run, comma-separated")
     ap.add_argument("--max-seconds", type=int, default=900, help="bound on the whole run")
     return ap.parse_args()
 
@@ -98,54 +105,88 @@ def main() -> int:
                 config_rpc(s.target, bearer(owner))
         fake.fault("delay", ARGS.auth2_delay_ms)
         delay_s = ARGS.auth2_delay_ms / 1000
-
-        print(f"1. windows: owner calls, {ARGS.window_ms} ms cache window, Auth2 answers in "
-              f"{ARGS.auth2_delay_ms} ms, {ARGS.minutes} min per server, {ARGS.slice_s} s slices")
-        lat = {k: [] for k in servers}
-        first = {k: [] for k in servers}
-        codes = {k: {} for k in servers}
-        before = fake.count(owner)
-        spent = 0.0
-        while spent < ARGS.minutes * 60:
-            for k, s in servers.items():
-                part: list = []
-                timed_calls(s.target, bearer(owner), ARGS.slice_s, part, codes[k])
-                first[k].append(part[0])
-                lat[k].extend(part[1:])
-            spent += ARGS.slice_s
-        lookups = fake.count(owner) - before
-        for k in servers:
-            slow = sum(1 for x in lat[k] if x >= delay_s)
-            firsts = ", ".join(f"{x * 1000:.0f}" for x in first[k])
-            print(f"   {k}: {stats(lat[k])}; calls >= {ARGS.auth2_delay_ms} ms: {slow}; statuses {codes[k]}; "
-                  f"first call of each slice (ms): {firsts}")
-        print(f"   Auth2 lookups of the owner's token (R and O together): {lookups}")
-
-        print(f"2. flood on R: {ARGS.flood_threads} threads of random tokens for {ARGS.flood_seconds} s")
-        r = servers["R"]
-        config_rpc(r.target, bearer(owner))  # R sat idle past its window: the one waiting call, unmeasured
-        log_before = len(r.log_text().splitlines())
-        fake.reset()
-        with harness.TokenFlood(r.target, tokens, threads=ARGS.flood_threads) as flood:
-            with_flood: list = []
-            owner_codes: dict = {}
-            timed_calls(r.target, bearer(owner), ARGS.flood_seconds, with_flood, owner_codes)
-        secs, flood_codes = flood.seconds, flood.codes
-        flood_lookups = fake.total() - fake.count(owner)
-        lines = [ln for ln in r.log_text().splitlines()[log_before:] if "KBase auth" in ln]
-        alone: list = []
-        timed_calls(r.target, bearer(owner), ARGS.flood_seconds, alone, owner_codes)
-        n_flood = sum(flood_codes.values())
-        print(f"   flood: {n_flood} calls in {secs:.1f} s = {n_flood / secs:.0f}/s; statuses {flood_codes}")
-        print(f"   Auth2 lookups of flood tokens: {flood_lookups} = {flood_lookups / secs:.1f}/s "
-              f"(budget: 20 + 10/s = {20 + 10 * secs:.0f})")
-        print(f"   owner with the flood:    {stats(with_flood)}")
-        print(f"   owner without the flood: {stats(alone)}; owner statuses {owner_codes}")
-        print(f"   plugin log lines during the flood: {len(lines)} ({len(lines) / secs:.1f}/s)")
+        workloads = set(ARGS.workloads.split(","))
+        if "windows" in workloads:
+            windows(servers, owner, fake, delay_s)
+        if "flood" in workloads:
+            flood(servers["R"], owner, fake, tokens)
     finally:
         harness.close_channels()
         harness.stop_all()
     os._exit(0)
+
+
+def windows(servers: dict, owner: str, fake, delay_s: float) -> None:
+    print(f"1. windows: owner calls, {ARGS.window_ms} ms cache window, Auth2 answers in "
+          f"{ARGS.auth2_delay_ms} ms, {ARGS.minutes} min per server, {ARGS.slice_s} s slices")
+    lat = {k: [] for k in servers}
+    first = {k: [] for k in servers}
+    codes = {k: {} for k in servers}
+    before = fake.count(owner)
+    spent = 0.0
+    while spent < ARGS.minutes * 60:
+        for k, s in servers.items():
+            part: list = []
+            timed_calls(s.target, bearer(owner), ARGS.slice_s, part, codes[k])
+            first[k].append(part[0])
+            lat[k].extend(part[1:])
+        spent += ARGS.slice_s
+    lookups = fake.count(owner) - before
+    for k in servers:
+        slow = sum(1 for x in lat[k] if x >= delay_s)
+        firsts = ", ".join(f"{x * 1000:.0f}" for x in first[k])
+        print(f"   {k}: {stats(lat[k])}; calls >= {ARGS.auth2_delay_ms} ms: {slow}; statuses {codes[k]}; "
+              f"first call of each slice (ms): {firsts}")
+    print(f"   Auth2 lookups of the owner's token (R and O together): {lookups}")
+
+
+def new_owner_query(server, fake, tokens) -> dict:
+    """The owner logs in again: a token the plugin has never seen, used by the real pyspark
+    client (a new session and a small query, in a child process)."""
+    relogin = fake.add_token(tokens.new(), "alice")
+    verdict = harness.pyspark_client(server.url(token=relogin), timeout=ARGS.probe_timeout)
+    verdict["lookups"] = fake.count(relogin)
+    return verdict
+
+
+def probe_text(v: dict) -> str:
+    if v["ok"]:
+        return f"{v['seconds']:.2f} s"
+    return "no verdict within the bound" if v.get("timed_out") else f"failed after {v['seconds']:.1f} s"
+
+
+def flood(r, owner: str, fake, tokens) -> None:
+    print(f"2. flood on R: {ARGS.flood_threads} threads of random tokens for {ARGS.flood_seconds} s; "
+          f"{ARGS.new_token_probes} new owner tokens through pyspark meanwhile")
+    config_rpc(r.target, bearer(owner))  # R sat idle past its window: the one waiting call, unmeasured
+    log_before = len(r.log_text().splitlines())
+    fake.reset()
+    with_flood: list = []
+    owner_codes: dict = {}
+    probes: list = []
+    with harness.TokenFlood(r.target, tokens, threads=ARGS.flood_threads) as flood:
+        steady = threading.Thread(target=timed_calls, daemon=True,
+                                  args=(r.target, bearer(owner), ARGS.flood_seconds, with_flood, owner_codes))
+        steady.start()
+        time.sleep(3)  # the budget's burst is long spent
+        for _ in range(ARGS.new_token_probes):
+            probes.append(new_owner_query(r, fake, tokens))
+        steady.join(ARGS.flood_seconds + 60)
+    secs, flood_codes = flood.seconds, flood.codes
+    flood_lookups = fake.total() - fake.count(owner) - sum(p["lookups"] for p in probes)
+    lines = [ln for ln in r.log_text().splitlines()[log_before:] if "KBase auth" in ln]
+    alone: list = []
+    timed_calls(r.target, bearer(owner), ARGS.flood_seconds, alone, owner_codes)
+    quiet = [new_owner_query(r, fake, tokens) for _ in range(3)]
+    n_flood = sum(flood_codes.values())
+    print(f"   flood: {n_flood} calls in {secs:.1f} s = {n_flood / secs:.0f}/s; statuses {flood_codes}")
+    print(f"   Auth2 lookups of flood tokens: {flood_lookups} = {flood_lookups / secs:.1f}/s "
+          f"(budget: 20 + 10/s = {20 + 10 * secs:.0f})")
+    print(f"   owner with the flood:    {stats(with_flood)}")
+    print(f"   owner without the flood: {stats(alone)}; owner statuses {owner_codes}")
+    print(f"   plugin log lines during the flood: {len(lines)} ({len(lines) / secs:.1f}/s)")
+    print(f"   a new owner token's pyspark query (session + query, retries included) during the flood: "
+          f"{', '.join(probe_text(p) for p in probes)}; without the flood: {', '.join(probe_text(p) for p in quiet)}")
 
 
 if __name__ == "__main__":

@@ -688,6 +688,22 @@ def spark_query(url: str) -> list:
             pass
 
 
+def pyspark_client(url: str, env_extra: Optional[dict] = None, timeout: float = 180) -> dict:
+    """Runs spark_client.py (a new pyspark session, a small query) on ``url`` in a child process
+    and returns its verdict (``ok``, ``rows`` or ``error``, ``seconds``); a child still running
+    after ``timeout`` s is killed and reported as ``{"ok": False, "timed_out": True}``."""
+    env = base_env()
+    env.update(env_extra or {})
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "spark_client.py"), url]
+    try:
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "timed_out": True, "error": f"no verdict within {timeout} s", "seconds": None}
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no verdict from the client (rc={r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
 def expect_pyspark_denied(action, code: str, *phrases: str, secrets: Sequence[str] = ()) -> str:
     """Runs ``action`` (pyspark client work, e.g. ``lambda: spark_query(url)``), which must fail
     with gRPC status ``code`` and a message containing every phrase (case-insensitive) and no

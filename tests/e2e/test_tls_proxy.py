@@ -3,9 +3,6 @@ of Spark Connect's plaintext port, and clients with `use_ssl=true;token=...`."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,6 @@ from test_decisions import EXPECTED_ROWS
 
 pytestmark = pytest.mark.matrix  # every Spark version of the matrix (scripts/test.sh)
 
-HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +26,7 @@ def proxy(workdir, main):
 
 
 def run_client(url: str, ca_path: Path, timeout: float = 180) -> dict:
-    env = harness.base_env()
-    env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(ca_path)
-    r = subprocess.run([sys.executable, str(HERE / "spark_client.py"), url], env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    assert lines, f"no verdict from the client (rc={r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
-    return json.loads(lines[-1])
+    return harness.pyspark_client(url, {"GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(ca_path)}, timeout)
 
 
 def test_owner_through_tls_proxy(proxy, main):
