@@ -25,10 +25,11 @@ with a ``cachefor`` of ``--window-ms``):
    ``--flood-seconds`` while the owner calls steadily; then the owner alone for as long. Flood
    calls/s and statuses, Auth2 lookups/s, owner p50/p99/max with and without the flood, and the
    plugin's log lines written during the flood. Meanwhile, ``--new-token-probes`` times the
-   owner logs in again: each a never-seen owner token, used by the real pyspark client (a child
-   process: a new session and a small query, pyspark's own retries of UNAVAILABLE included)
-   until the query's rows arrive or ``--probe-timeout`` s pass; then the same query with a new
-   token without the flood, for the query's own time.
+   owner logs in again: in a pyspark child process, a new session and one config read with the
+   owner's known token (the reference), then the same with a token the plugin has never seen
+   (pyspark's own retries of UNAVAILABLE included; at most ``--probe-timeout`` s); three more
+   after the flood. ``--flood-repeats 2`` makes the flood send each made-up token twice, as an
+   adversary imitating a client's retries would.
 
 Every process listens on 127.0.0.1 and is stopped by PID at the end (tests/e2e/harness.py).
 Tokens never appear in the output.
@@ -56,6 +57,9 @@ def parse_args():
     ap.add_argument("--auth2-delay-ms", type=int, default=100, help="fake Auth2 answer delay")
     ap.add_argument("--flood-seconds", type=float, default=30.0)
     ap.add_argument("--flood-threads", type=int, default=8)
+    ap.add_argument("--flood-repeats", type=int, default=1,
+                    help="times the flood sends each made-up token (1: once, as a scan does; 2: an adversary "
+                         "imitating a client's retries)")
     ap.add_argument("--new-token-probes", type=int, default=5, help="new owner tokens tried during the flood")
     ap.add_argument("--probe-timeout", type=float, default=120.0, help="bound on one probe, seconds")
     ap.add_argument("--workloads", default="windows,flood", help="which workloads to run, comma-separated")
@@ -140,44 +144,50 @@ def windows(servers: dict, owner: str, fake, delay_s: float) -> None:
     print(f"   Auth2 lookups of the owner's token (R and O together): {lookups}")
 
 
-def new_owner_query(server, fake, tokens) -> dict:
-    """The owner logs in again: a token the plugin has never seen, used by the real pyspark
-    client (a new session and a small query, in a child process)."""
+def new_owner_probe(server, owner: str, fake, tokens) -> tuple:
+    """The owner logs in again: in one pyspark child process, a new session and one config read
+    with the owner's known token (the reference), then the same with a token the plugin has
+    never seen. Their verdicts, and the Auth2 lookups of the new token."""
     relogin = fake.add_token(tokens.new(), "alice")
-    verdict = harness.pyspark_client(server.url(token=relogin), timeout=ARGS.probe_timeout)
-    verdict["lookups"] = fake.count(relogin)
-    return verdict
+    known, new = harness.pyspark_clients([server.url(token=owner), server.url(token=relogin)],
+                                         conf_only=True, timeout=ARGS.probe_timeout)
+    return known, new, fake.count(relogin)
 
 
 def probe_text(v: dict) -> str:
     if v["ok"]:
-        return f"{v['seconds']:.2f} s"
-    return "no verdict within the bound" if v.get("timed_out") else f"failed after {v['seconds']:.1f} s"
+        return f"{v['seconds']:.2f}"
+    return "none within the bound" if v.get("timed_out") else f"failed after {v['seconds']:.1f}"
+
+
+def probes_text(probes: list) -> str:
+    return (f"never-seen token {', '.join(probe_text(n) for _, n, _ in probes)} s; "
+            f"known token {', '.join(probe_text(k) for k, _, _ in probes)} s")
 
 
 def flood(r, owner: str, fake, tokens) -> None:
-    print(f"2. flood on R: {ARGS.flood_threads} threads of random tokens for {ARGS.flood_seconds} s; "
-          f"{ARGS.new_token_probes} new owner tokens through pyspark meanwhile")
+    print(f"2. flood on R: {ARGS.flood_threads} threads of random tokens, each sent {ARGS.flood_repeats}x, for "
+          f"{ARGS.flood_seconds} s; {ARGS.new_token_probes} new owner tokens through pyspark meanwhile")
     config_rpc(r.target, bearer(owner))  # R sat idle past its window: the one waiting call, unmeasured
     log_before = len(r.log_text().splitlines())
     fake.reset()
     with_flood: list = []
     owner_codes: dict = {}
     probes: list = []
-    with harness.TokenFlood(r.target, tokens, threads=ARGS.flood_threads) as flood:
+    with harness.TokenFlood(r.target, tokens, threads=ARGS.flood_threads, repeats=ARGS.flood_repeats) as flood:
         steady = threading.Thread(target=timed_calls, daemon=True,
                                   args=(r.target, bearer(owner), ARGS.flood_seconds, with_flood, owner_codes))
         steady.start()
         time.sleep(3)  # the budget's burst is long spent
         for _ in range(ARGS.new_token_probes):
-            probes.append(new_owner_query(r, fake, tokens))
+            probes.append(new_owner_probe(r, owner, fake, tokens))
         steady.join(ARGS.flood_seconds + 60)
     secs, flood_codes = flood.seconds, flood.codes
-    flood_lookups = fake.total() - fake.count(owner) - sum(p["lookups"] for p in probes)
+    flood_lookups = fake.total() - fake.count(owner) - sum(n for _, _, n in probes)
     lines = [ln for ln in r.log_text().splitlines()[log_before:] if "KBase auth" in ln]
     alone: list = []
     timed_calls(r.target, bearer(owner), ARGS.flood_seconds, alone, owner_codes)
-    quiet = [new_owner_query(r, fake, tokens) for _ in range(3)]
+    quiet = [new_owner_probe(r, owner, fake, tokens) for _ in range(3)]
     n_flood = sum(flood_codes.values())
     print(f"   flood: {n_flood} calls in {secs:.1f} s = {n_flood / secs:.0f}/s; statuses {flood_codes}")
     print(f"   Auth2 lookups of flood tokens: {flood_lookups} = {flood_lookups / secs:.1f}/s "
@@ -185,8 +195,9 @@ def flood(r, owner: str, fake, tokens) -> None:
     print(f"   owner with the flood:    {stats(with_flood)}")
     print(f"   owner without the flood: {stats(alone)}; owner statuses {owner_codes}")
     print(f"   plugin log lines during the flood: {len(lines)} ({len(lines) / secs:.1f}/s)")
-    print(f"   a new owner token's pyspark query (session + query, retries included) during the flood: "
-          f"{', '.join(probe_text(p) for p in probes)}; without the flood: {', '.join(probe_text(p) for p in quiet)}")
+    print("   the owner logs in again: a new pyspark session's first config read (pyspark's retries included)")
+    print(f"     during the flood: {probes_text(probes)}")
+    print(f"     without the flood: {probes_text(quiet)}")
 
 
 if __name__ == "__main__":

@@ -413,10 +413,8 @@ impl Inner {
         }
         // Refreshing an entry that ends with its token gains nothing; nor does refreshing a denial.
         let refresh = (allowed && !ends_at_expiry && !s.refresh_ahead.is_zero()).then(|| s.refresh_ahead.min(life / 2));
-        let retain = match allowed {
-            true => valid_retention(s.retain_valid(), life, id.expires_ms, now.wall_ms),
-            false => Duration::ZERO,
-        };
+        let retain =
+            if allowed { valid_retention(s.retain_valid(), life, id.expires_ms, now.wall_ms) } else { Duration::ZERO };
         Entry::new(outcome, id.expires_ms, now.mono_ms, life, refresh, retain)
     }
 }

@@ -688,20 +688,31 @@ def spark_query(url: str) -> list:
             pass
 
 
-def pyspark_client(url: str, env_extra: Optional[dict] = None, timeout: float = 180) -> dict:
-    """Runs spark_client.py (a new pyspark session, a small query) on ``url`` in a child process
-    and returns its verdict (``ok``, ``rows`` or ``error``, ``seconds``); a child still running
-    after ``timeout`` s is killed and reported as ``{"ok": False, "timed_out": True}``."""
+def pyspark_clients(urls: Sequence[str], conf_only: bool = False, env_extra: Optional[dict] = None,
+                    timeout: float = 180) -> list:
+    """Runs spark_client.py in one child process: for each of ``urls`` in turn a new pyspark
+    session and a small query (``conf_only``: one config read). Returns a verdict per URL
+    (``ok``, ``rows`` or ``error``, ``seconds``); URLs not answered when ``timeout`` s have
+    passed (the child is killed then) get ``{"ok": False, "timed_out": True}``."""
     env = base_env()
     env.update(env_extra or {})
-    argv = [sys.executable, str(Path(__file__).resolve().parent / "spark_client.py"), url]
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "spark_client.py")]
+    argv += ["--conf"] * conf_only + list(urls)
     try:
         r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "timed_out": True, "error": f"no verdict within {timeout} s", "seconds": None}
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    assert lines, f"no verdict from the client (rc={r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
-    return json.loads(lines[-1])
+        out, err, rc = r.stdout, r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err, rc = "", "killed"
+    verdicts = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    assert verdicts or rc == "killed", f"no verdict from the client (rc={rc}):\n{out}\n{err[-3000:]}"
+    missing = {"ok": False, "timed_out": True, "error": f"no verdict within {timeout} s", "seconds": None}
+    return verdicts + [dict(missing) for _ in urls[len(verdicts):]]
+
+
+def pyspark_client(url: str, env_extra: Optional[dict] = None, timeout: float = 180) -> dict:
+    """:func:`pyspark_clients` for one URL and the small range query."""
+    return pyspark_clients([url], env_extra=env_extra, timeout=timeout)[0]
 
 
 def expect_pyspark_denied(action, code: str, *phrases: str, secrets: Sequence[str] = ()) -> str:
@@ -879,11 +890,12 @@ def expect(outcome: Outcome, code: str, *phrases: str, secrets: Sequence[str] = 
 
 class TokenFlood:
     """``threads`` client threads sending raw Config RPCs, each with a new random well-formed
-    token (registered, so the log checks look for them too), from ``with`` entry to exit.
-    ``codes`` counts their statuses; ``seconds`` is how long it ran."""
+    token (registered, so the log checks look for them too) ``repeats`` times in a row (1: each
+    token once, as a scan does), from ``with`` entry to exit. ``codes`` counts their statuses;
+    ``seconds`` is how long it ran."""
 
-    def __init__(self, target: str, registry: TokenRegistry, threads: int = 8):
-        self.target, self.registry = target, registry
+    def __init__(self, target: str, registry: TokenRegistry, threads: int = 8, repeats: int = 1):
+        self.target, self.registry, self.repeats = target, registry, repeats
         self.codes: dict = {}
         self.seconds = 0.0
         self._lock = threading.Lock()
@@ -892,9 +904,11 @@ class TokenFlood:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            o = config_rpc(self.target, bearer(self.registry.new()), timeout=30)
-            with self._lock:
-                self.codes[o.name] = self.codes.get(o.name, 0) + 1
+            meta = bearer(self.registry.new())
+            for _ in range(self.repeats):
+                o = config_rpc(self.target, meta, timeout=30)
+                with self._lock:
+                    self.codes[o.name] = self.codes.get(o.name, 0) + 1
 
     def __enter__(self) -> "TokenFlood":
         self._started = time.monotonic()

@@ -139,10 +139,11 @@ def test_stale_if_error_off_is_unavailable_once_the_window_ends(short, tokens, c
     assert time.monotonic() - started <= 3.0 + 1.5
 
 
-# How long the pyspark client may take, with a never-seen token, to get a query through the flood:
-# its first call is refused (the budget is spent), its first retry (50 ms later) gets in. The bound
-# is generous for the query itself on a server busy with the flood.
-NEW_TOKEN_BOUND_S = 15
+# How much longer a new pyspark session's first config read may take during the flood with a
+# never-seen owner token than with the owner's known one: its first call is refused (the budget is
+# spent), its first retry 50 ms later gets in, and Auth2 answers in 200 ms. Without the held-back
+# budget it waited for pyspark's retries (0.05, 0.2, 0.8, 3.2, 12.8 s, ...) to win a lottery.
+NEW_TOKEN_BOUND_S = 5
 
 
 @pytest.mark.matrix  # the new-token budget row (UNAVAILABLE without asking Auth2) on every version
@@ -161,12 +162,13 @@ def test_random_token_flood_against_a_slow_auth2(resilient, tokens, healthy):
     log_before = len(server.log_text().splitlines())
     with harness.TokenFlood(server.target, tokens, threads=8) as flood:
         owner_outs = steady_calls(server.target, bearer(owner), 3, every=0.05)
-        new_owner = harness.pyspark_client(server.url(token=relogin),
-                                           timeout=NEW_TOKEN_BOUND_S + 30)
+        known, new_owner = harness.pyspark_clients([server.url(token=owner), server.url(token=relogin)],
+                                                   conf_only=True, timeout=120)
         owner_outs += steady_calls(server.target, bearer(owner), 5, every=0.05)
     seconds, flood_codes = flood.seconds, flood.codes
-    assert new_owner["ok"] and new_owner["seconds"] <= NEW_TOKEN_BOUND_S, \
-        f"a new owner token did not get through the flood in time: {new_owner}"
+    assert known["ok"], known
+    assert new_owner["ok"] and new_owner["seconds"] <= known["seconds"] + NEW_TOKEN_BOUND_S, \
+        f"a new owner token did not get through the flood in time: {new_owner} (known token: {known})"
     assert relogin not in str(new_owner)
 
     bad = [str(o) for o in owner_outs if o.name != "OK"]
@@ -183,7 +185,8 @@ def test_random_token_flood_against_a_slow_auth2(resilient, tokens, healthy):
     assert len(denial_lines) <= 2 * 11 * (seconds + 2), f"{len(denial_lines)} log lines for {flood_calls} calls"
     print(f"\nflood: {flood_calls} calls in {seconds:.1f} s ({flood_codes}); Auth2 lookups {lookups}; "
           f"owner calls {len(owner_outs)}, owner lookups {fake.count(owner)}; plugin log lines {len(denial_lines)}; "
-          f"a new owner token's pyspark query took {new_owner['seconds']:.2f} s")
+          f"a new pyspark session's config read took {new_owner['seconds']:.2f} s with a never-seen owner token, "
+          f"{known['seconds']:.2f} s with the known one")
 
 
 def test_a_token_expiring_while_auth2_answers_is_denied(resilient, tokens, healthy):
