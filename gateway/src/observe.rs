@@ -1,0 +1,300 @@
+//! What the gateway tells its operators: Prometheus series (`/metrics`) and one access line per
+//! call. The token-validation counters are the core's own, read at each scrape; the denial log
+//! bound is the core's too, for the core's denials and the gateway's own refusals alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kbase_spark_auth::decision::Reason;
+use kbase_spark_auth::denial_log::{suppressed_line, DenialKind, DenialLog, LogVerdict};
+use kbase_spark_auth::{Authenticator, Denial};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::grpc::Code;
+
+/// Prefix of every series.
+pub const PREFIX: &str = "kbase_gateway";
+
+/// Where access lines go (`RUST_LOG`-style filters can select it).
+pub const ACCESS_TARGET: &str = "kbase_spark_gateway::access";
+
+/// Calls the gateway refuses itself (the core's denials have their [`Reason`]s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The verified user name cannot form a pod's host name.
+    UnroutableUser,
+    /// The user's pod cannot be reached (or its connection was lost before it answered).
+    PodUnavailable,
+    /// The call's `grpc-timeout` passed while the gateway was validating or connecting.
+    DeadlineExceeded,
+    /// Not a gRPC request (no `application/grpc` POST).
+    NotGrpc,
+    /// Anything unexpected inside the gateway.
+    Internal,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::UnroutableUser,
+        Refusal::PodUnavailable,
+        Refusal::DeadlineExceeded,
+        Refusal::NotGrpc,
+        Refusal::Internal,
+    ];
+}
+
+impl DenialKind for Refusal {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Refusal::UnroutableUser => "unroutable_user",
+            Refusal::PodUnavailable => "pod_unavailable",
+            Refusal::DeadlineExceeded => "deadline_exceeded",
+            Refusal::NotGrpc => "not_grpc",
+            Refusal::Internal => "internal_error",
+        }
+    }
+}
+
+/// The `method` label: Spark Connect's and health's methods by name, anything else `other` (a
+/// label per path a caller invents would let anyone grow the metrics without bound).
+pub fn method_label(path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "/spark.connect.SparkConnectService/ExecutePlan",
+        "/spark.connect.SparkConnectService/AnalyzePlan",
+        "/spark.connect.SparkConnectService/Config",
+        "/spark.connect.SparkConnectService/AddArtifacts",
+        "/spark.connect.SparkConnectService/ArtifactStatus",
+        "/spark.connect.SparkConnectService/Interrupt",
+        "/spark.connect.SparkConnectService/ReattachExecute",
+        "/spark.connect.SparkConnectService/ReleaseExecute",
+        "/spark.connect.SparkConnectService/ReleaseSession",
+        "/spark.connect.SparkConnectService/FetchErrorDetails",
+        "/spark.connect.SparkConnectService/CloneSession",
+        "/spark.connect.SparkConnectService/GetStatus",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ];
+    KNOWN.iter().find(|k| **k == path).copied().unwrap_or("other")
+}
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+pub struct Observe {
+    registry: Registry,
+    calls: Family<Labels2, Counter>,
+    refusals: Family<Labels1, Counter>,
+    pub pod_connections: Gauge,
+    pub pod_dials: Counter,
+    pub pod_dial_failures: Family<Labels1, Counter>,
+    pub live_streams: Gauge,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
+    denial_log: DenialLog,
+    started: Instant,
+}
+
+impl Observe {
+    pub fn new(auth: Arc<Authenticator>) -> Observe {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let o = Observe {
+            calls: Family::default(),
+            refusals: Family::default(),
+            pod_connections: Gauge::default(),
+            pod_dials: Counter::default(),
+            pod_dial_failures: Family::default(),
+            live_streams: Gauge::default(),
+            request_bytes: Counter::default(),
+            response_bytes: Counter::default(),
+            denial_log: DenialLog::default(),
+            started: Instant::now(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "calls",
+            "Calls ended, by gRPC method and status (the pod's, or the gateway's own)",
+            o.calls.clone(),
+        );
+        registry.register("refusals", "Calls the gateway refused itself, by reason", o.refusals.clone());
+        registry.register("pod_connections", "Open HTTP/2 connections to pods", o.pod_connections.clone());
+        registry.register("pod_dials", "Connections dialled to pods (successful or not)", o.pod_dials.clone());
+        registry.register("pod_dial_failures", "Failed dials to pods, by cause", o.pod_dial_failures.clone());
+        registry.register("live_streams", "Calls forwarded to a pod and not yet ended", o.live_streams.clone());
+        registry.register("request_bytes", "Request body bytes forwarded to pods", o.request_bytes.clone());
+        registry.register("response_bytes", "Response body bytes forwarded to callers", o.response_bytes.clone());
+        registry.register_collector(Box::new(CoreCounters(auth)));
+        Observe { registry, ..o }
+    }
+
+    /// The Prometheus text of every series.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn dial_failed(&self, cause: &'static str) {
+        self.pod_dial_failures.get_or_create(&[("cause", cause)]).inc();
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Counts and logs (rate-limited) a call the gateway refused.
+    pub fn refused(&self, call: &CallLine<'_>, refusal: Refusal, message: &str) {
+        self.refusals.get_or_create(&[("reason", refusal.name())]).inc();
+        self.ended(call);
+        if let Some(line) = self.admit(refusal, self.denial_log.admit(refusal, self.now_ms())) {
+            if let Some(summary) = line {
+                tracing::info!(target: ACCESS_TARGET, "{summary}");
+            }
+            call.log(Some((refusal.name(), None, message, "")));
+        }
+    }
+
+    /// Counts and logs (rate-limited by the core) a call the core denied.
+    pub fn denied(&self, call: &CallLine<'_>, denial: &Denial) {
+        self.ended(call);
+        if let Some(line) = self.admit(denial.reason, denial.log) {
+            if let Some(summary) = line {
+                tracing::info!(target: ACCESS_TARGET, "{summary}");
+            }
+            let fingerprint = denial.fingerprint.map(|f| f.to_string());
+            call.log(Some((denial.reason.name(), fingerprint.as_deref(), &denial.message, &denial.detail)));
+        }
+    }
+
+    /// Counts and logs a call that reached a pod (every one: they are not denials).
+    pub fn forwarded(&self, call: &CallLine<'_>) {
+        self.ended(call);
+        call.log(None);
+    }
+
+    /// Counts a health call; logged at DEBUG only (probes come every few seconds).
+    pub fn health_call(&self, call: &CallLine<'_>) {
+        self.ended(call);
+        tracing::debug!(target: ACCESS_TARGET, method = %call.method, status = %call.status.name(), "health");
+    }
+
+    fn ended(&self, call: &CallLine<'_>) {
+        self.calls.get_or_create(&[("method", method_label(call.method)), ("status", call.status.name())]).inc();
+    }
+
+    /// `None`: suppressed; `Some(summary)`: write the line, after the summary of suppressed ones.
+    fn admit(&self, kind: impl DenialKind, verdict: LogVerdict) -> Option<Option<String>> {
+        match verdict {
+            LogVerdict::Suppress => None,
+            LogVerdict::Write { suppressed_before, over_ms } => Some(suppressed_line(kind, suppressed_before, over_ms)),
+        }
+    }
+}
+
+/// One call, as its access line shows it.
+pub struct CallLine<'a> {
+    pub method: &'a str,
+    pub user: Option<&'a str>,
+    pub pod: Option<&'a str>,
+    pub status: Code,
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl CallLine<'_> {
+    /// `call method=… user=… pod=… status=… duration_ms=… bytes_in=… bytes_out=…`, and for a
+    /// denial `reason=… token=sha256:… message="…" detail="…"`. Never a token.
+    fn log(&self, denial: Option<(&str, Option<&str>, &str, &str)>) {
+        let ms = self.duration.as_secs_f64() * 1000.0;
+        let (user, pod) = (self.user.unwrap_or("-"), self.pod.unwrap_or("-"));
+        match denial {
+            None => tracing::info!(
+                target: ACCESS_TARGET,
+                method = %self.method, user = %user, pod = %pod, status = %self.status.name(),
+                duration_ms = %format_args!("{ms:.3}"), bytes_in = self.bytes_in, bytes_out = self.bytes_out,
+                "call"
+            ),
+            Some((reason, token, message, detail)) => tracing::info!(
+                target: ACCESS_TARGET,
+                method = %self.method, user = %user, pod = %pod, status = %self.status.name(),
+                duration_ms = %format_args!("{ms:.3}"), bytes_in = self.bytes_in, bytes_out = self.bytes_out,
+                reason = %reason, token = %token.unwrap_or("-"), message = ?message, detail = ?detail,
+                "call"
+            ),
+        }
+    }
+}
+
+/// The core's counters, read at each scrape.
+struct CoreCounters(Arc<Authenticator>);
+
+impl std::fmt::Debug for CoreCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CoreCounters")
+    }
+}
+
+impl Collector for CoreCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.0.metrics();
+        let counter = ConstCounter::new(0u64).metric_type();
+        {
+            let mut decisions = encoder.encode_descriptor(
+                "auth_decisions",
+                "Token decisions of the validation core: allowed, or the denial's reason",
+                None,
+                counter,
+            )?;
+            ConstCounter::new(m.allowed).encode(decisions.encode_family(&[("decision", "allowed")])?)?;
+            for reason in Reason::ALL {
+                ConstCounter::new(m.denied_for(reason))
+                    .encode(decisions.encode_family(&[("decision", reason.name())])?)?;
+            }
+        }
+        for (name, help, value) in [
+            ("auth2_requests", "Requests sent to Auth2", m.auth2_requests),
+            ("auth2_failures", "Auth2 requests that got no usable answer", m.auth2_failures),
+            (
+                "auth2_fail_fast",
+                "Lookups refused without asking Auth2 (breaker open, too many in flight)",
+                m.auth2_fail_fast,
+            ),
+            ("token_cache_hits", "Decisions answered from the token cache", m.cache_hits),
+            ("token_cache_misses", "Decisions that needed an Auth2 answer (shared ones included)", m.cache_misses),
+            ("token_refreshes", "Background re-validations (refresh ahead)", m.refreshes),
+            ("stale_allows", "Calls allowed on a stale verdict while Auth2 failed", m.stale_allows),
+        ] {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, counter)?)?;
+        }
+        Ok(())
+    }
+}
+
+const _: () = assert!(Refusal::ALL.len() <= kbase_spark_auth::denial_log::MAX_KINDS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_kinds_are_distinct() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        assert_eq!(
+            method_label("/spark.connect.SparkConnectService/ExecutePlan"),
+            "/spark.connect.SparkConnectService/ExecutePlan"
+        );
+        assert_eq!(method_label("/made.up/Path"), "other");
+    }
+}
