@@ -220,7 +220,8 @@ impl Pool {
                 st.down = None;
                 let idle_since_ms = AtomicU64::new(self.epoch.elapsed().as_millis() as u64);
                 st.conns.push(Arc::new(Conn { send, live: AtomicUsize::new(0), idle_since_ms }));
-                self.keep_within_bound(&mut pods);
+                // Not this pod's new connection: its callers are about to use it.
+                self.keep_within_bound(&mut pods, Some(pod.authority.as_str()));
             }
             Err((cause, why)) => {
                 self.observe.dial_failed(cause);
@@ -279,17 +280,22 @@ impl Pool {
         pods.retain(|_, st| {
             !st.conns.is_empty() || st.dialing.is_some() || st.down.as_ref().is_some_and(|d| now < d.until)
         });
-        self.keep_within_bound(&mut pods);
+        self.keep_within_bound(&mut pods, None);
     }
 
-    fn keep_within_bound(&self, pods: &mut HashMap<String, PodState>) {
-        let connected = |pods: &HashMap<String, PodState>| pods.values().filter(|s| !s.conns.is_empty()).count();
-        let mut over = connected(pods).saturating_sub(self.cfg.max_pods);
+    /// Closes the idle connections of the least recently used pods (but `spare`) while more than
+    /// `max_pods` pods are connected.
+    fn keep_within_bound(&self, pods: &mut HashMap<String, PodState>, spare: Option<&str>) {
+        let connected = pods.values().filter(|s| !s.conns.is_empty()).count();
+        let mut over = connected.saturating_sub(self.cfg.max_pods);
         if over == 0 {
             return;
         }
-        let mut by_age: Vec<(Instant, String)> =
-            pods.iter().filter(|(_, s)| !s.conns.is_empty()).map(|(k, s)| (s.last_used, k.clone())).collect();
+        let mut by_age: Vec<(Instant, String)> = pods
+            .iter()
+            .filter(|(k, s)| !s.conns.is_empty() && Some(k.as_str()) != spare)
+            .map(|(k, s)| (s.last_used, k.clone()))
+            .collect();
         by_age.sort();
         for (_, key) in by_age {
             if over == 0 {

@@ -113,12 +113,24 @@ impl Backend {
         Backend::start_with(name, |_| {}).await
     }
 
+    /// On a given address (a pod that comes back where it was).
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        Backend::serve(name, TcpListener::bind(addr).await.unwrap(), |_| {})
+    }
+
     /// With the server's HTTP/2 settings adjusted by `tune`.
     pub async fn start_with(
         name: &str,
         tune: impl FnOnce(&mut hyper::server::conn::http2::Builder<TokioExecutor>),
     ) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::serve(name, TcpListener::bind("127.0.0.1:0").await.unwrap(), tune)
+    }
+
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        tune: impl FnOnce(&mut hyper::server::conn::http2::Builder<TokioExecutor>),
+    ) -> Backend {
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(BackendLog::default());
         let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -462,4 +474,31 @@ pub async fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A loopback port that never completes a connection: its accept queue is full, so the kernel
+/// drops new SYNs and a dial waits until its own timeout (a pod that does not answer).
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+pub async fn blackhole() -> Blackhole {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+        queued.push(s);
+        assert!(queued.len() < 64, "the accept queue does not fill");
+    }
+    Blackhole { addr, _listener: listener, _queued: queued }
+}
+
+/// A loopback port nothing listens on (connections refused).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
 }
