@@ -213,7 +213,8 @@ pub struct CallLine<'a> {
 
 impl CallLine<'_> {
     /// `call method=… user=… pod=… status=… duration_ms=… bytes_in=… bytes_out=…`, and for a
-    /// denial `reason=… token=sha256:… message="…" detail="…"`. Never a token.
+    /// denial `reason=… token=sha256:… grpc_message="…" detail="…"` (`message` is tracing's own
+    /// field). Never a token.
     fn log(&self, denial: Option<(&str, Option<&str>, &str, &str)>) {
         let ms = self.duration.as_secs_f64() * 1000.0;
         let (user, pod) = (self.user.unwrap_or("-"), self.pod.unwrap_or("-"));
@@ -228,7 +229,7 @@ impl CallLine<'_> {
                 target: ACCESS_TARGET,
                 method = %self.method, user = %user, pod = %pod, status = %self.status.name(),
                 duration_ms = %format_args!("{ms:.3}"), bytes_in = self.bytes_in, bytes_out = self.bytes_out,
-                reason = %reason, token = %token.unwrap_or("-"), message = ?message, detail = ?detail,
+                reason = %reason, token = %token.unwrap_or("-"), grpc_message = ?message, detail = ?detail,
                 "call"
             ),
         }
