@@ -105,34 +105,33 @@ pub struct Observe {
 
 impl Observe {
     pub fn new(auth: Arc<Authenticator>) -> Observe {
+        let (calls, refusals, pod_dial_failures) = (Family::default(), Family::default(), Family::default());
+        let (pod_connections, live_streams) = (Gauge::default(), Gauge::default());
+        let (pod_dials, request_bytes, response_bytes) = (Counter::default(), Counter::default(), Counter::default());
         let mut registry = Registry::with_prefix(PREFIX);
-        let o = Observe {
-            calls: Family::default(),
-            refusals: Family::default(),
-            pod_connections: Gauge::default(),
-            pod_dials: Counter::default(),
-            pod_dial_failures: Family::default(),
-            live_streams: Gauge::default(),
-            request_bytes: Counter::default(),
-            response_bytes: Counter::default(),
+        let r = &mut registry;
+        r.register("calls", "Calls ended, by gRPC method and status (the pod's, or the gateway's own)", calls.clone());
+        r.register("refusals", "Calls the gateway refused itself, by reason", refusals.clone());
+        r.register("pod_connections", "Open HTTP/2 connections to pods", pod_connections.clone());
+        r.register("pod_dials", "Connections dialled to pods (successful or not)", pod_dials.clone());
+        r.register("pod_dial_failures", "Failed dials to pods, by cause", pod_dial_failures.clone());
+        r.register("live_streams", "Calls forwarded to a pod and not yet ended", live_streams.clone());
+        r.register("request_bytes", "Request body bytes forwarded to pods", request_bytes.clone());
+        r.register("response_bytes", "Response body bytes forwarded to callers", response_bytes.clone());
+        r.register_collector(Box::new(CoreCounters(auth)));
+        Observe {
+            registry,
+            calls,
+            refusals,
+            pod_connections,
+            pod_dials,
+            pod_dial_failures,
+            live_streams,
+            request_bytes,
+            response_bytes,
             denial_log: DenialLog::default(),
             started: Instant::now(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "calls",
-            "Calls ended, by gRPC method and status (the pod's, or the gateway's own)",
-            o.calls.clone(),
-        );
-        registry.register("refusals", "Calls the gateway refused itself, by reason", o.refusals.clone());
-        registry.register("pod_connections", "Open HTTP/2 connections to pods", o.pod_connections.clone());
-        registry.register("pod_dials", "Connections dialled to pods (successful or not)", o.pod_dials.clone());
-        registry.register("pod_dial_failures", "Failed dials to pods, by cause", o.pod_dial_failures.clone());
-        registry.register("live_streams", "Calls forwarded to a pod and not yet ended", o.live_streams.clone());
-        registry.register("request_bytes", "Request body bytes forwarded to pods", o.request_bytes.clone());
-        registry.register("response_bytes", "Response body bytes forwarded to callers", o.response_bytes.clone());
-        registry.register_collector(Box::new(CoreCounters(auth)));
-        Observe { registry, ..o }
+        }
     }
 
     /// The Prometheus text of every series.
