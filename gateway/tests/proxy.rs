@@ -301,6 +301,22 @@ async fn a_caller_that_cancels_cancels_the_pods_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_leaves_while_its_token_is_checked_still_gets_its_access_line() {
+    let w = World::new(vec![mfa_token("TOKENALICE19", "alice")], &["alice"], &[]).await;
+    w.fake.set_fault_wait(Fault::Delay(Duration::from_secs(2))).await.unwrap();
+    let t = token("TOKENALICE19");
+    let call = w.client.start(CONFIG, &t, boxed_frame(b""));
+    assert!(tokio::time::timeout(Duration::from_millis(300), call).await.is_err(), "still waiting for Auth2");
+    let series = r#"kbase_gateway_calls_total{method="/spark.connect.SparkConnectService/Config",status="CANCELLED"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&w.metrics().await, series) != 1.0 {
+        assert!(Instant::now() < deadline, "the cancelled call is counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(w.pod("alice").log.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_resets_its_stream_resets_the_callers() {
     let w = World::new(vec![mfa_token("TOKENALICE11", "alice")], &["alice"], &[]).await;
     let res = w.client.start("/test.Echo/Reset", &token("TOKENALICE11"), boxed_frame(b"")).await.unwrap();
