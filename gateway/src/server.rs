@@ -118,7 +118,9 @@ async fn serve(
         // A caller that vanished without closing its connection is found out by pings.
         .keep_alive_interval(Duration::from_secs(60))
         .keep_alive_timeout(Duration::from_secs(20))
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(64 * 1024)
+        // The pod's response headers pass as they are.
+        .auto_date_header(false);
     loop {
         let tcp = tokio::select! {
             biased;
