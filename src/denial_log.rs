@@ -14,6 +14,30 @@ use crate::decision::Reason;
 pub const LINES_PER_SECOND: u32 = 10;
 const WINDOW_MS: u64 = 1000;
 
+/// How many kinds of denial one [`DenialLog`] bounds separately.
+pub const MAX_KINDS: usize = 16;
+
+/// A kind of denial with its own bound: the core's [`Reason`]s, and the gateway's own denials
+/// (a user name that names no pod, a pod that does not answer), which are logged the same way.
+pub trait DenialKind: Copy {
+    /// Below [`MAX_KINDS`], distinct per kind.
+    fn index(self) -> usize;
+    /// As the log lines name it.
+    fn name(self) -> &'static str;
+}
+
+impl DenialKind for Reason {
+    fn index(self) -> usize {
+        Reason::index(self)
+    }
+
+    fn name(self) -> &'static str {
+        Reason::name(self)
+    }
+}
+
+const _: () = assert!(Reason::ALL.len() <= MAX_KINDS);
+
 /// Whether one denial's log line is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogVerdict {
@@ -36,11 +60,11 @@ struct Window {
 
 #[derive(Default)]
 pub struct DenialLog {
-    windows: [Mutex<Window>; Reason::ALL.len()],
+    windows: [Mutex<Window>; MAX_KINDS],
 }
 
 impl DenialLog {
-    pub fn admit(&self, reason: Reason, now_ms: u64) -> LogVerdict {
+    pub fn admit(&self, reason: impl DenialKind, now_ms: u64) -> LogVerdict {
         let mut w = self.windows[reason.index()].lock().unwrap_or_else(|e| e.into_inner());
         if now_ms >= w.start_ms.saturating_add(WINDOW_MS) {
             w.start_ms = now_ms;
@@ -64,7 +88,7 @@ impl DenialLog {
 }
 
 /// The line reporting suppressed lines, if any.
-pub fn suppressed_line(reason: Reason, suppressed: u64, over_ms: u64) -> Option<String> {
+pub fn suppressed_line(reason: impl DenialKind, suppressed: u64, over_ms: u64) -> Option<String> {
     (suppressed > 0).then(|| {
         format!(
             "KBase auth: {suppressed} more denials with reason={} were not logged in the last {:.1} s \
