@@ -200,7 +200,11 @@ impl Settings {
                 get(KEY_FAIL_FAST_COOLDOWN),
                 d.fail_fast_cooldown,
             )?,
-            max_concurrent_requests: parse_max_concurrent(get(KEY_MAX_CONCURRENT), d.max_concurrent_requests)?,
+            max_concurrent_requests: parse_max_concurrent(
+                KEY_MAX_CONCURRENT,
+                get(KEY_MAX_CONCURRENT),
+                d.max_concurrent_requests,
+            )?,
             refresh_ahead: parse_duration(KEY_REFRESH_AHEAD, get(KEY_REFRESH_AHEAD), d.refresh_ahead)?,
             stale_if_error: parse_duration(KEY_STALE_IF_ERROR, get(KEY_STALE_IF_ERROR), d.stale_if_error)?,
             new_tokens_per_second: parse_int(
@@ -366,11 +370,11 @@ pub fn parse_int(key: &str, raw: Option<&str>, default: u64, min: u64) -> Result
 
 /// `maxConcurrentRequests`: at least [`MIN_CONCURRENT_REQUESTS`], because with one slot none is
 /// left to hold back, and one new token's slow lookup would lock the owner's re-validation out.
-fn parse_max_concurrent(raw: Option<&str>, default: u32) -> Result<u32, ConfigError> {
-    let n = parse_int(KEY_MAX_CONCURRENT, raw, default.into(), 1)? as u32;
+pub fn parse_max_concurrent(key: &str, raw: Option<&str>, default: u32) -> Result<u32, ConfigError> {
+    let n = parse_int(key, raw, default.into(), 1)? as u32;
     if n < MIN_CONCURRENT_REQUESTS {
         return Err(invalid(
-            KEY_MAX_CONCURRENT,
+            key,
             format!(
                 "{n} is too few: at least {MIN_CONCURRENT_REQUESTS}, because a quarter of the slots (at least one) is \
                  held back for tokens known valid, so that the owner's re-validation always finds one"

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kbase_spark_auth::settings::{
-    parse_ca_bundle, parse_duration, parse_int, parse_list, parse_root_url, parse_users, positive, ConfigError,
+    parse_ca_bundle, parse_duration, parse_int, parse_list, parse_max_concurrent, parse_root_url, parse_users,
+    positive, ConfigError,
 };
 use kbase_spark_auth::Settings;
 
@@ -505,7 +506,12 @@ impl Sources<'_> {
             connect_timeout: positive_duration(GATEWAY_AUTH_CONNECT_TIMEOUT, d.connect_timeout)?,
             request_timeout: positive_duration(GATEWAY_AUTH_REQUEST_TIMEOUT, d.request_timeout)?,
             ca_bundle: parse_ca_bundle(GATEWAY_AUTH_CA_BUNDLE, self.get(GATEWAY_AUTH_CA_BUNDLE)).map_err(core_error)?,
-            max_concurrent_requests: int(GATEWAY_AUTH_MAX_CONCURRENT, d.max_concurrent_requests.into(), 1)? as u32,
+            max_concurrent_requests: parse_max_concurrent(
+                GATEWAY_AUTH_MAX_CONCURRENT,
+                self.get(GATEWAY_AUTH_MAX_CONCURRENT),
+                d.max_concurrent_requests,
+            )
+            .map_err(core_error)?,
             required_roles: parse_list(self.get(GATEWAY_REQUIRED_ROLES)),
             cache_invalid_ttl: duration(GATEWAY_CACHE_INVALID_TTL, d.cache_invalid_ttl)?,
             refresh_ahead: duration(GATEWAY_CACHE_REFRESH_AHEAD, d.refresh_ahead)?,

@@ -232,6 +232,8 @@ fn bad_values_name_the_variable_and_the_flag() {
         ("GATEWAY_AUTH_CA_BUNDLE", "/nonexistent/ca.pem", "--auth-ca-bundle"),
         ("GATEWAY_NEW_TOKENS_PER_SECOND", "0", "--new-tokens-per-second"),
         ("GATEWAY_CACHE_REFRESH_AHEAD", "soon", "--cache-refresh-ahead"),
+        // No slot would be left to hold back for tokens known valid (as the plugin refuses it).
+        ("GATEWAY_AUTH_MAX_CONCURRENT", "1", "--auth-max-concurrent"),
     ];
     for (var, value, flag) in cases {
         let mut pairs = vec![(*var, *value)];
