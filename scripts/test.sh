@@ -100,7 +100,7 @@ jar="$(find_jar)"
 [ -n "$jar" ] || die "gradle finished but no build/libs/kbase-spark-auth-*.jar exists"
 platforms="$(jar_platforms "$jar")"
 info "jar: $jar ($(du -h "$jar" | cut -f1)), native libraries: $platforms"
-[ "$host_only" -eq 1 ] && summary+=("note    --host-only: the jar carries $platforms only; tests that need root were skipped, each with its reason above")
+[ "$host_only" -eq 1 ] && summary+=("note    --host-only: the jar carries $platforms; root-only tests skipped (reasons above)")
 
 if [ $slow -eq 1 ] && [ $e2e_only -eq 0 ]; then
   step "soak (Rust core)" cargo test --release --test soak -- --ignored --nocapture
