@@ -48,15 +48,26 @@ info() { printf '    %s\n' "$*" >&2; }
 warn() { printf '%sWARN:%s %s\n' "$_c_yellow" "$_c_off" "$*" >&2; }
 die()  { printf '%sERROR:%s %s\n' "$_c_red" "$_c_off" "$*" >&2; exit 1; }
 
-# Run a privileged command: directly as root, else through sudo when available.
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then
-    "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
+# choose_host_only ASKED: prints 1 when this run builds the library for this machine only, with its own
+# cargo (--host-only, gradle -Pplatforms=host): when asked (ASKED=1), and always without root, as
+# the shipped two-platform build runs in a chroot (saying so); else 0.
+choose_host_only() {
+  if [ "$1" -eq 1 ]; then
+    echo 1
+  elif [ "$(id -u)" -ne 0 ]; then
+    log "not root (uid $(id -u)), so --host-only: this machine's library only, built by its own cargo" \
+      "(gradle -Pplatforms=host); the shipped two-platform build (linux-x86_64 + linux-aarch64," \
+      "glibc 2.28) runs in a chroot, which needs root. Tests that need root are skipped, each with its reason."
+    echo 1
   else
-    die "need root (or sudo) to run: $*"
+    echo 0
   fi
+}
+
+# root_needed WHAT COMMAND: stops a run without root, naming what is missing and the exact command
+# root must run (the scripts never call sudo or apt-get for a non-root user).
+root_needed() {
+  die "$1; as root, run: $2   (then run this again)"
 }
 
 # JAVA_HOME: kept when it is a Java 17 JDK; else the JDK of `javac` on PATH when that is 17;
@@ -109,6 +120,18 @@ find_jar() {
     [ -f "$j" ] && { printf '%s\n' "$j"; return 0; }
   done
   return 0
+}
+
+# The KBase-Native-Platforms attribute of a jar's manifest (which libraries it carries, e.g.
+# "linux-x86_64 (glibc >= 2.28), linux-aarch64 (glibc >= 2.28)"; build.gradle writes it).
+jar_platforms() {
+  python3 - "$1" <<'EOF'
+import sys, zipfile
+manifest = zipfile.ZipFile(sys.argv[1]).read("META-INF/MANIFEST.MF").decode()
+lines = manifest.replace("\r\n", "\n").replace("\n ", "").splitlines()  # unfold 72-byte lines
+print(next((l.split(": ", 1)[1] for l in lines if l.startswith("KBase-Native-Platforms: ")),
+           "unknown (no KBase-Native-Platforms in its manifest)"))
+EOF
 }
 
 # Seconds since the epoch, for step timings.

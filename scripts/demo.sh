@@ -23,7 +23,11 @@ while [ $# -gt 0 ]; do
 done
 cd "$REPO_ROOT"
 
-"$REPO_ROOT/scripts/setup.sh"
+setup_args=() gradle_args=()
+if [ "$(choose_host_only 0)" -eq 1 ]; then
+  setup_args=(--host-only) gradle_args=(-Pplatforms=host)
+fi
+"$REPO_ROOT/scripts/setup.sh" "${setup_args[@]}"
 detect_java_home
 detect_spark_home
 export JAVA_HOME SPARK_HOME
@@ -32,7 +36,7 @@ fake_bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/fake-auth2"
 if [ $build -eq 1 ]; then
   log "Building the fake Auth2 server and the plugin jar (first time: a few minutes)"
   cargo build --release -q -p fake-auth2 --bin fake-auth2
-  gradle --offline --no-daemon -q -PsparkJars="$SPARK_HOME/jars" -PfakeAuth2Bin="$fake_bin" jar
+  gradle --offline --no-daemon -q -PsparkJars="$SPARK_HOME/jars" -PfakeAuth2Bin="$fake_bin" "${gradle_args[@]}" jar
 fi
 jar="$(find_jar)"
 [ -n "$jar" ] || die "no build/libs/kbase-spark-auth-*.jar (run without --no-build)"

@@ -4,19 +4,25 @@
 #     openjdk-17-jdk-headless when no Java 17 JDK is found;
 #   * Java 17 and a Rust toolchain (cargo) are present;
 #   * <repo>/.venv with pyspark[connect]==4.0.0, pytest and friends (tests/e2e/requirements.txt);
-#   * the cross build and Debian 11 test roots, outside the repository (scripts/cross/setup.sh);
+#   * the cross build and Debian 11 test roots, outside the repository (scripts/cross/setup.sh;
+#     not with --host-only);
 #   * with --matrix: the Spark version matrix's venvs (scripts/setup-matrix.sh).
-# Usage: scripts/setup.sh [--matrix]   (env: KBASE_PYTHON=python3.x to choose the interpreter)
+# Without root it installs nothing system-wide: it checks, and for anything missing that only root
+# can install it stops with the exact command to run as root; it implies --host-only (the cross
+# roots need root), saying so.
+# Usage: scripts/setup.sh [--matrix] [--host-only]   (env: KBASE_PYTHON=python3.x chooses the interpreter)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-matrix=0
+matrix=0 host_only_asked=0
 for arg in "$@"; do
   case "$arg" in
     --matrix) matrix=1 ;;
-    *) die "unknown option: $arg (usage: scripts/setup.sh [--matrix])" ;;
+    --host-only) host_only_asked=1 ;;
+    *) die "unknown option: $arg (usage: scripts/setup.sh [--matrix] [--host-only])" ;;
   esac
 done
+host_only="$(choose_host_only "$host_only_asked")"
 
 t0=$(now_s)
 did=()
@@ -38,9 +44,11 @@ else
     fi
   done
   if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || root_needed "missing Debian packages: ${missing[*]}" \
+      "apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
     info "installing: ${missing[*]}"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     did+=("apt-get install ${missing[*]}")
   else
     info "present: ${want[*]}"
@@ -95,9 +103,11 @@ else
     if ! "$pybin" -m venv "$VENV" 2>/dev/null; then
       rm -rf "$VENV"
       if command -v apt-get >/dev/null 2>&1; then
+        [ "$(id -u)" -eq 0 ] || root_needed "$pybin cannot create a venv (Debian's python3-venv is missing)" \
+          "apt-get update && apt-get install -y python3-venv"
         info "python venv module missing; installing python3-venv"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
         did+=("apt-get install python3-venv")
       fi
       "$pybin" -m venv "$VENV" || die "cannot create a venv with $pybin"
@@ -118,7 +128,12 @@ detect_spark_home
 info "SPARK_HOME=$SPARK_HOME"
 
 # ---------------------------------------------------------------- cross build and test roots
-as_root "$REPO_ROOT/scripts/cross/setup.sh"
+if [ "$host_only" -eq 1 ]; then
+  log "Skipping the cross-build and Debian 11 test roots: --host-only builds this machine's library" \
+    "with its own cargo, and those roots are made (debootstrap, chroot) and used only as root"
+else
+  "$REPO_ROOT/scripts/cross/setup.sh"
+fi
 
 # ---------------------------------------------------------------- Spark version matrix (--matrix)
 if [ $matrix -eq 1 ] && [ -n "$SPARK_MATRIX" ]; then

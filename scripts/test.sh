@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
 # The project's test command. Steps, each failing fast with a clear message:
 #   1. scripts/setup.sh --matrix             (Debian packages, Java 17, cargo, .venv, matrix venvs)
-#   2. cargo test --workspace                (Rust unit + integration + doc tests)
+#   2. cargo test --workspace                (Rust unit + integration + doc tests), and
+#      pytest tests/scripts                   (the build scripts' own logic)
 #   3. cargo build --release -p fake-auth2   (the fake Auth2 the JVM and e2e tests start)
-#   4. gradle build                          (jar with the .so, JUnit tests, smoke test)
+#   4. gradle build                          (jar with the .so, JUnit tests, smoke tests)
 #   5. pytest tests/e2e                      (real Spark Connect 4.0.0 + pyspark + nginx TLS)
 #   6. pytest -m matrix tests/e2e, once per Spark version of the matrix (default 4.1.4 4.2.1
 #      4.3.0; KBASE_SPARK_MATRIX="4.3.0" chooses): the same jar, that version's server and client
 # The end-to-end runs (5, 6) all run even when one fails; the command fails if any did.
+# Run as root it builds and tests the shipped jar (linux-x86_64 and linux-aarch64 against glibc
+# 2.28, in a chroot); otherwise it chooses --host-only, saying so.
 #
-# Usage: scripts/test.sh [--quick] [--slow] [--e2e-only] [--no-matrix|--matrix-only] [-- PYTEST_ARGS...]
+# Usage: scripts/test.sh [--quick] [--slow] [--e2e-only] [--no-matrix|--matrix-only] [--host-only]
+#                        [-- PYTEST_ARGS...]
 #   --quick        stop after step 4 (no end-to-end tests)
 #   --slow         also run the soaks (Rust, JVM, e2e) and the e2e latency benchmark
 #                  (excluded by default: about 10 more minutes)
 #   --e2e-only     skip steps 2 and 4 except for building the jar (for iterating on tests/e2e)
 #   --no-matrix    skip step 6 (Spark 4.0.0 only)
 #   --matrix-only  skip step 5 (only the matrix versions)
+#   --host-only    this machine's library only, built by its own cargo (gradle -Pplatforms=host),
+#                  no cross-build roots; the default without root. Tests that need root (the
+#                  Debian 11 and qemu smoke tests, the hardened-pod and noexec tests, the loader
+#                  tests that mount or chown) are skipped, each naming its reason
 #   -- ARGS        extra arguments for every pytest run, e.g. -- -k tls -x
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-quick=0 slow=0 e2e_only=0 base=1 matrix=1
+quick=0 slow=0 e2e_only=0 base=1 matrix=1 host_only_asked=0
 pytest_extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,7 +37,8 @@ while [ $# -gt 0 ]; do
     --e2e-only) e2e_only=1 ;;
     --no-matrix) matrix=0 ;;
     --matrix-only) base=0 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --host-only) host_only_asked=1 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; pytest_extra=("$@"); break ;;
     *) die "unknown option: $1 (see scripts/test.sh --help)" ;;
   esac
@@ -39,6 +48,7 @@ done
 [ $base -eq 0 ] && [ $matrix -eq 0 ] && die "--no-matrix and --matrix-only exclude each other"
 [ -n "$SPARK_MATRIX" ] || matrix=0
 [ $quick -eq 1 ] && matrix=0
+host_only="$(choose_host_only "$host_only_asked")"
 
 cd "$REPO_ROOT"
 t_start=$(now_s)
@@ -64,7 +74,8 @@ step() {
 }
 
 setup_args=()
-[ $matrix -eq 1 ] && setup_args=(--matrix)
+[ $matrix -eq 1 ] && setup_args+=(--matrix)
+[ "$host_only" -eq 1 ] && setup_args+=(--host-only)
 step setup "$REPO_ROOT/scripts/setup.sh" "${setup_args[@]}"
 detect_java_home
 detect_spark_home
@@ -73,9 +84,11 @@ export JAVA_HOME SPARK_HOME
 
 fake_bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/fake-auth2"
 gradle_args=(--offline --no-daemon -PsparkJars="$SPARK_HOME/jars" -PfakeAuth2Bin="$fake_bin")
+[ "$host_only" -eq 1 ] && gradle_args+=(-Pplatforms=host)
 
 if [ $e2e_only -eq 0 ]; then
   step "cargo test" cargo test --workspace
+  step "script tests" "$PY" -m pytest "$REPO_ROOT/tests/scripts" -v
 fi
 step "fake-auth2 (release)" cargo build --release -p fake-auth2 --bin fake-auth2
 if [ $e2e_only -eq 0 ]; then
@@ -85,7 +98,9 @@ else
 fi
 jar="$(find_jar)"
 [ -n "$jar" ] || die "gradle finished but no build/libs/kbase-spark-auth-*.jar exists"
-info "jar: $jar ($(du -h "$jar" | cut -f1))"
+platforms="$(jar_platforms "$jar")"
+info "jar: $jar ($(du -h "$jar" | cut -f1)), native libraries: $platforms"
+[ "$host_only" -eq 1 ] && summary+=("note    --host-only: the jar carries $platforms; root-only tests skipped (reasons above)")
 
 if [ $slow -eq 1 ] && [ $e2e_only -eq 0 ]; then
   step "soak (Rust core)" cargo test --release --test soak -- --ignored --nocapture

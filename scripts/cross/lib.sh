@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Shared by scripts/cross/*.sh. The jar ships the library for linux-x86_64 and linux-aarch64, both
 # linked against glibc 2.28, built and tested on this x86_64 machine in Debian root file systems
-# that live outside the repository (created by scripts/cross/setup.sh, reused afterwards):
+# that live outside the repository (created by scripts/cross/setup.sh as root, reused afterwards;
+# a host build, gradle -Pplatforms=host, needs none of them):
 #
 #   $CROSS_CACHE/trixie-build     Debian 13: rustc/cargo 1.85 (our rust-version) with the aarch64
 #                                 standard library (libstd-rust-dev:arm64), plus zig and
@@ -12,17 +13,31 @@
 # Why Debian roots: rustup cannot fetch another target's standard library here, Debian packages it.
 # Why zig: Debian's cross gcc links against the root's own, too new, glibc; zig carries stubs for
 # any glibc version. Why Debian 11: the oldest Debian with Java 17, older than any image users run.
+# The roots come from the Debian mirror this machine's apt uses (debian_mirror below).
 . "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 CROSS_CACHE="${KBASE_CROSS_CACHE:-/var/cache/kbase-spark-auth}"
-DEBIAN_MIRROR="${KBASE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 ZIG_VERSION=0.15.2
 ZIGBUILD_VERSION=0.24.0
 BUILD_ROOT="$CROSS_CACHE/trixie-build"
 # A root is complete when its .kbase-recipe holds its recipe; a changed recipe rebuilds it.
 BUILD_RECIPE="trixie amd64 minbase, rustc cargo libstd-rust-dev:arm64, ziglang==$ZIG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION"
 TEST_RECIPE="bullseye minbase openjdk-17-jre-headless ca-certificates (dpkg -x), qemu-aarch64-static on arm64"
-LIBRARY_FILE=libkbase_spark_auth.so
+
+# What build.sh builds, by name: the cargo arguments that select it and the file cargo writes into
+# <target>/<rust target>/release/. Another artifact (e.g. a binary) is one more case in each.
+artifact_cargo_args() {
+  case "$1" in
+    plugin) echo "-p kbase-spark-auth --lib" ;;
+    *) die "unknown artifact '$1' (known: plugin)" ;;
+  esac
+}
+artifact_file() {
+  case "$1" in
+    plugin) echo libkbase_spark_auth.so ;;
+    *) die "unknown artifact '$1' (known: plugin)" ;;
+  esac
+}
 
 # The jar's platform names (NativeAuth's resource directories) in Rust's and Debian's words.
 rust_target() {
@@ -39,7 +54,36 @@ debian_arch() {
     *) die "unknown platform '$1' (known: linux-x86_64, linux-aarch64)" ;;
   esac
 }
+# This machine's platform in the jar's words (a host build makes only that one).
+host_platform() {
+  case "$(uname -s)-$(uname -m)" in
+    Linux-x86_64) echo linux-x86_64 ;;
+    Linux-aarch64) echo linux-aarch64 ;;
+    *) die "no platform of the jar is this machine ($(uname -s) $(uname -m)); known: linux-x86_64, linux-aarch64" ;;
+  esac
+}
 test_root() { echo "$CROSS_CACHE/bullseye-$(debian_arch "$1")"; }
+
+# debian_mirror: prints "URI WHERE", the Debian mirror the roots are made from: KBASE_DEBIAN_MIRROR,
+# else the Debian archive among the sources this machine's apt uses (debian_mirror.py). Fails,
+# saying what to set, when there is none. Only creating a root needs it.
+debian_mirror() {
+  if [ -n "${KBASE_DEBIAN_MIRROR:-}" ]; then
+    echo "$KBASE_DEBIAN_MIRROR KBASE_DEBIAN_MIRROR"
+    return 0
+  fi
+  python3 "$(dirname "${BASH_SOURCE[0]}")/debian_mirror.py"
+}
+
+# apt_proxy_env: exports http_proxy/https_proxy from apt's Acquire::http(s)::Proxy when apt has one
+# and the environment does not, so debootstrap and the roots' apt go through the same proxy.
+apt_proxy_env() {
+  command -v apt-config >/dev/null 2>&1 || return 0
+  local HTTP="" HTTPS=""
+  eval "$(apt-config shell HTTP Acquire::http::Proxy HTTPS Acquire::https::Proxy)"
+  case "$HTTP" in ""|DIRECT|false) ;; *) : "${http_proxy:=$HTTP}"; export http_proxy ;; esac
+  case "$HTTPS" in ""|DIRECT|false) ;; *) : "${https_proxy:=$HTTPS}"; export https_proxy ;; esac
+}
 
 root_ready() { [ "$(cat "$1/.kbase-recipe" 2>/dev/null)" = "$2" ]; }
 

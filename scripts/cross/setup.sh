@@ -2,7 +2,10 @@
 # Creates the root file systems of scripts/cross/lib.sh when missing or incomplete, and reuses them
 # otherwise (a second run takes a second). A root is built under NAME.partial and moved into place
 # only once complete and checked, so an interrupted run leaves nothing that passes for done.
-# Needs root (debootstrap, chroot, mount namespaces) and reaches the Debian mirror and PyPI.
+# Needs root (debootstrap, chroot, mount namespaces) and reaches the Debian mirror and PyPI: the
+# mirror this machine's apt uses, or KBASE_DEBIAN_MIRROR (see debian_mirror in lib.sh), through
+# apt's proxy if it has one. Which mirror made a root is not part of its recipe: a new mirror
+# never rebuilds a complete root.
 # Verbose output goes to $KBASE_CROSS_CACHE/logs/.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,6 +48,18 @@ remove_tree() {
   rm -rf "$1"
 }
 
+# The Debian mirror, looked up once and only when a root has to be made.
+DEBIAN_MIRROR=""
+use_debian_mirror() {
+  [ -z "$DEBIAN_MIRROR" ] || return 0
+  local found where
+  found="$(debian_mirror)" || die "no Debian mirror to make the roots from (see above): set KBASE_DEBIAN_MIRROR=URI"
+  read -r DEBIAN_MIRROR where <<<"$found"
+  apt_proxy_env
+  info "Debian mirror: $DEBIAN_MIRROR (from $where; it must carry trixie and bullseye," \
+    "KBASE_DEBIAN_MIRROR=URI chooses another)${http_proxy:+, through \$http_proxy}"
+}
+
 # make_root DIR RECIPE BUILDER [ARGS...]: unless DIR is complete for RECIPE, builds it with
 # BUILDER DIR.partial ARGS..., stamps it and moves it into place.
 make_root() {
@@ -53,6 +68,7 @@ make_root() {
     info "reusing $dir"
     return 0
   fi
+  use_debian_mirror
   local t=$(now_s) logfile="$CROSS_CACHE/logs/$(basename "$dir").log"
   info "creating $dir (a few minutes; log: $logfile)"
   : > "$logfile"

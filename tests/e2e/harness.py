@@ -780,8 +780,13 @@ def openssl_issue(pki: dict, d: Path, names: Sequence[str]) -> dict:
     return {"ca": pki["ca"], "cert": d / "server.crt", "key": d / "server.key"}
 
 
+def nginx_bin() -> str:
+    """Debian's nginx: on PATH, else in /usr/sbin, which is not on an ordinary user's PATH."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin") or "nginx"
+
+
 def nginx_version() -> tuple:
-    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, timeout=10)
+    out = subprocess.run([nginx_bin(), "-v"], capture_output=True, text=True, timeout=10)
     m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out.stderr + out.stdout)
     if not m:
         raise RuntimeError(f"cannot parse `nginx -v`: {out.stderr!r}")
@@ -840,7 +845,7 @@ http {{
 """
         conf_path = d / "nginx.conf"
         conf_path.write_text(conf)
-        argv = ["nginx", "-p", str(d), "-c", str(conf_path), "-e", str(d / "logs/error.log"),
+        argv = [nginx_bin(), "-p", str(d), "-c", str(conf_path), "-e", str(d / "logs/error.log"),
                 "-g", "daemon off;"]
         test = subprocess.run(argv[:-2] + ["-t"], capture_output=True, text=True, timeout=30)
         if test.returncode != 0:

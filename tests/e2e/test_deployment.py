@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,28 @@ def test_startup_line_names_the_plugin_version(main):
     """`KBase auth <version>: url=...` (the jar's version) in the start-up line."""
     line = _startup_line(main.server.log_text())
     assert f"KBase auth {deployment.plugin_version()}: url=" in line, line
+
+
+@pytest.mark.matrix
+def test_startup_line_names_the_libraries_the_jar_carries(main, tmp_path):
+    """The start-up line ends with the platforms the jar carries and the glibc each needs. The
+    truth is the jar's own entries and, for each library, the newest GLIBC_ version its ELF
+    version needs name (readelf -V), not the manifest the line is read from."""
+    want = set()
+    with zipfile.ZipFile(harness.find_jar()) as jar:
+        for name in jar.namelist():
+            m = re.fullmatch(r"us/kbase/spark/native/([^/]+)/" + re.escape(LIB), name)
+            if m:
+                lib = Path(jar.extract(name, tmp_path))
+                out = subprocess.run(["readelf", "-V", "--wide", str(lib)], capture_output=True,
+                                     text=True, timeout=60, check=True).stdout
+                needed = max((tuple(int(x) for x in v.split(".")) for v in re.findall(r"\bGLIBC_([\d.]+)\b", out)))
+                want.add(f"{m.group(1)} (glibc >= {'.'.join(map(str, needed))})")
+    assert want, "the jar holds no native library"
+    line = _startup_line(main.server.log_text())
+    m = re.search(r"; native libraries in the jar: (.+)$", line)
+    assert m, line
+    assert set(m.group(1).split(", ")) == want, line
 
 
 # ----------------------------------------------------------------------------- interceptor order

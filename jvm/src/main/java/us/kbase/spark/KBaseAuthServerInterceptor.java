@@ -92,7 +92,7 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         }
         this.handle = h;
         this.cleanable = CLEANER.register(this, release);
-        LOG.info("{}", description);
+        LOG.info("{}; native libraries in the jar: {}", description, NativeAuth.jarPlatforms());
         for (String warning : NativeAuth.warnings(h)) {
             LOG.warn("{}", warning);
         }

@@ -3,6 +3,9 @@ package us.kbase.spark;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
+import java.net.JarURLConnection;
+import java.net.URL;
+import java.net.URLConnection;
 import java.nio.channels.Channels;
 import java.nio.file.AccessDeniedException;
 import java.nio.file.DirectoryStream;
@@ -21,6 +24,8 @@ import java.util.LinkedHashMap;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
+import java.util.jar.JarFile;
+import java.util.jar.Manifest;
 
 import org.apache.spark.SparkEnv;
 import org.slf4j.LoggerFactory;
@@ -43,6 +48,8 @@ final class NativeAuth {
     /** System property naming the directory the embedded library is extracted to. */
     static final String TMPDIR_PROPERTY = "kbase.spark.auth.tmpdir";
     static final String SUPPORTED_PLATFORMS = "linux-x86_64, linux-aarch64 (glibc >= 2.28)";
+    /** The manifest attribute naming the libraries a jar carries, written by build.gradle. */
+    static final String PLATFORMS_ATTRIBUTE = "KBase-Native-Platforms";
 
     /** What {@link #authorize} returns for an allowed call whose WARN line {@link #lastLogLines} holds. */
     static final int ALLOW_WITH_WARNING = -1;
@@ -251,8 +258,8 @@ final class NativeAuth {
      */
     static Path loadEmbedded(String resource, Map<Path, String> dirs) {
         if (NativeAuth.class.getResource(resource) == null) {
-            throw new UnsatisfiedLinkError("this jar has no " + resource + " (a jar built by this project "
-                    + "holds " + SUPPORTED_PLATFORMS + "; was it repackaged?). Use the project's jar, or name a "
+            throw new UnsatisfiedLinkError("this jar has no " + resource + " (it carries " + jarPlatforms()
+                    + "; the project's default build holds " + SUPPORTED_PLATFORMS + "). Use such a jar, or name a "
                     + "library with -D" + LIBRARY_PROPERTY + "=FILE or " + LIBRARY_ENV);
         }
         StringBuilder tried = new StringBuilder();
@@ -437,6 +444,29 @@ final class NativeAuth {
         }
         String m = e.getMessage();
         return e.getClass().getSimpleName() + (m == null || m.equals(subject.toString()) ? "" : ": " + m);
+    }
+
+    /**
+     * The libraries the jar holding this class carries, as its manifest's {@value #PLATFORMS_ATTRIBUTE}
+     * says (e.g. {@code linux-x86_64 (glibc >= 2.28), linux-aarch64 (glibc >= 2.28)}), or what is
+     * known instead: this is for people reading a log, never a decision.
+     */
+    static String jarPlatforms() {
+        URL self = NativeAuth.class.getResource(NativeAuth.class.getSimpleName() + ".class");
+        try {
+            URLConnection connection = self == null ? null : self.openConnection();
+            if (!(connection instanceof JarURLConnection)) {
+                return "unknown (not loaded from a jar)";
+            }
+            connection.setUseCaches(false);
+            try (JarFile jar = ((JarURLConnection) connection).getJarFile()) {
+                Manifest manifest = jar.getManifest();
+                String platforms = manifest == null ? null : manifest.getMainAttributes().getValue(PLATFORMS_ATTRIBUTE);
+                return platforms != null ? platforms : "unknown (no " + PLATFORMS_ATTRIBUTE + " in the jar's manifest)";
+            }
+        } catch (IOException e) {
+            return "unknown (cannot read the jar's manifest: " + e + ")";
+        }
     }
 
     /** Explains the libc requirement, naming musl when it is what this system runs. */

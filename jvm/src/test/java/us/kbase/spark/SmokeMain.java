@@ -5,12 +5,17 @@ import java.net.URL;
 import java.nio.file.Files;
 import java.nio.file.Paths;
 import java.util.List;
+import java.util.TreeSet;
+import java.util.jar.JarFile;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import java.util.stream.Collectors;
 
 import org.sparkproject.connect.grpc.Metadata;
 import org.sparkproject.connect.grpc.Status;
 
 import us.kbase.spark.testing.FakeAuth2;
+import us.kbase.spark.testing.LogCapture;
 import us.kbase.spark.testing.RecordingHandler;
 import us.kbase.spark.testing.RecordingServerCall;
 import us.kbase.spark.testing.Tokens;
@@ -43,9 +48,15 @@ public final class SmokeMain {
             fake.addToken(Tokens.newToken(), "bob");
             System.setProperty("spark.kbase.auth.url", fake.url);
             System.setProperty("spark.kbase.auth.owner", "alice");
-            KBaseAuthServerInterceptor interceptor = new KBaseAuthServerInterceptor();
+            KBaseAuthServerInterceptor interceptor;
+            String startup;
+            try (LogCapture log = new LogCapture()) {
+                interceptor = new KBaseAuthServerInterceptor();
+                startup = log.text();
+            }
             System.out.println("interceptor from " + from + ": " + interceptor);
             checkPlatform();
+            checkPlatformsNamed(from, startup);
 
             Metadata headers = new Metadata();
             headers.put(Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER), "Bearer " + token);
@@ -130,6 +141,30 @@ public final class SmokeMain {
         check(glibc == null || libc.stream().anyMatch(l -> l.endsWith("/libc-" + glibc + ".so")),
                 "this JVM must run on glibc " + glibc + ", but maps " + libc);
         check(!library.isEmpty(), "the native library must be mapped into this process");
+    }
+
+    /**
+     * The jar's manifest names exactly the platforms whose library the jar holds, and the start-up
+     * line repeats it.
+     */
+    private static void checkPlatformsNamed(URL jarUrl, String startupLog) throws IOException {
+        String named = NativeAuth.jarPlatforms();
+        System.out.println("the jar's " + NativeAuth.PLATFORMS_ATTRIBUTE + ": " + named);
+        TreeSet<String> inManifest = new TreeSet<>();
+        Pattern one = Pattern.compile("(linux-[a-z0-9_]+) \\(glibc >= \\d+\\.\\d+\\)");
+        for (String platform : named.split(", ", -1)) {
+            Matcher m = one.matcher(platform);
+            check(m.matches(), "unexpected " + NativeAuth.PLATFORMS_ATTRIBUTE + ": " + named);
+            inManifest.add(m.group(1));
+        }
+        TreeSet<String> inJar = new TreeSet<>();
+        try (JarFile jar = new JarFile(jarUrl.getPath())) {
+            Pattern library = Pattern.compile("us/kbase/spark/native/([^/]+)/" + Pattern.quote(NativeAuth.LIBRARY_NAME));
+            jar.stream().map(e -> library.matcher(e.getName())).filter(Matcher::matches).forEach(x -> inJar.add(x.group(1)));
+        }
+        check(inManifest.equals(inJar), "the manifest names " + inManifest + ", the jar holds " + inJar);
+        check(startupLog.contains("; native libraries in the jar: " + named + "\n"),
+                "the start-up line must name the jar's libraries: " + startupLog);
     }
 
     /** The files mapped into this process whose path contains {@code part} (qemu-user emulates the maps file). */
