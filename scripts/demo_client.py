@@ -5,6 +5,7 @@ KBaseAuthServerInterceptor, and through the gateway.
   demo_client.py run PORT ALICE_TOKEN BOB_TOKEN
                                            alice (owner) queries; bob, a bad token and no token
                                            are denied. Exit code 0 when all five behave.
+  demo_client.py warm PORT TOKEN           one quiet query: a new server's first one is slow
   demo_client.py gateway PORT ALICE_TOKEN BOB_TOKEN ERIN_TOKEN
                                            through the gateway, alice and bob each reach their own
                                            pod; erin (no pod), a bad token and no token are
@@ -146,6 +147,10 @@ def main(argv: list[str]) -> int:
         return wait(int(argv[1]), float(argv[2]) if len(argv) > 2 else 120.0)
     if len(argv) == 4 and argv[0] == "run":
         return run(int(argv[1]), argv[2], argv[3])
+    if len(argv) == 3 and argv[0] == "warm":
+        quiet()
+        attempt(f"sc://localhost:{argv[1]}/;token={argv[2]}", show=False)
+        return 0
     if len(argv) == 5 and argv[0] == "gateway":
         return gateway(int(argv[1]), argv[2], argv[3], argv[4])
     print(__doc__, file=sys.stderr)
