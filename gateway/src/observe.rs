@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::uri::PathAndQuery;
 use kbase_spark_auth::decision::Reason;
 use kbase_spark_auth::denial_log::{suppressed_line, DenialKind, DenialLog, LogVerdict};
 use kbase_spark_auth::{Authenticator, Denial};
@@ -16,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::grpc::Code;
+use crate::route::Pod;
 
 /// Prefix of every series.
 pub const PREFIX: &str = "kbase_gateway";
@@ -36,6 +38,8 @@ pub enum Refusal {
     NotGrpc,
     /// Anything unexpected inside the gateway.
     Internal,
+    /// Not a refusal: the caller went away before its pod answered. Only the log bound is shared.
+    Cancelled,
 }
 
 impl Refusal {
@@ -60,6 +64,7 @@ impl DenialKind for Refusal {
             Refusal::DeadlineExceeded => "deadline_exceeded",
             Refusal::NotGrpc => "not_grpc",
             Refusal::Internal => "internal_error",
+            Refusal::Cancelled => "cancelled",
         }
     }
 }
@@ -105,34 +110,33 @@ pub struct Observe {
 
 impl Observe {
     pub fn new(auth: Arc<Authenticator>) -> Observe {
+        let (calls, refusals, pod_dial_failures) = (Family::default(), Family::default(), Family::default());
+        let (pod_connections, live_streams) = (Gauge::default(), Gauge::default());
+        let (pod_dials, request_bytes, response_bytes) = (Counter::default(), Counter::default(), Counter::default());
         let mut registry = Registry::with_prefix(PREFIX);
-        let o = Observe {
-            calls: Family::default(),
-            refusals: Family::default(),
-            pod_connections: Gauge::default(),
-            pod_dials: Counter::default(),
-            pod_dial_failures: Family::default(),
-            live_streams: Gauge::default(),
-            request_bytes: Counter::default(),
-            response_bytes: Counter::default(),
+        let r = &mut registry;
+        r.register("calls", "Calls ended, by gRPC method and status (the pod's, or the gateway's own)", calls.clone());
+        r.register("refusals", "Calls the gateway refused itself, by reason", refusals.clone());
+        r.register("pod_connections", "Open HTTP/2 connections to pods", pod_connections.clone());
+        r.register("pod_dials", "Connections dialled to pods (successful or not)", pod_dials.clone());
+        r.register("pod_dial_failures", "Failed dials to pods, by cause", pod_dial_failures.clone());
+        r.register("live_streams", "Calls forwarded to a pod and not yet ended", live_streams.clone());
+        r.register("request_bytes", "Request body bytes forwarded to pods", request_bytes.clone());
+        r.register("response_bytes", "Response body bytes forwarded to callers", response_bytes.clone());
+        r.register_collector(Box::new(CoreCounters(auth)));
+        Observe {
+            registry,
+            calls,
+            refusals,
+            pod_connections,
+            pod_dials,
+            pod_dial_failures,
+            live_streams,
+            request_bytes,
+            response_bytes,
             denial_log: DenialLog::default(),
             started: Instant::now(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "calls",
-            "Calls ended, by gRPC method and status (the pod's, or the gateway's own)",
-            o.calls.clone(),
-        );
-        registry.register("refusals", "Calls the gateway refused itself, by reason", o.refusals.clone());
-        registry.register("pod_connections", "Open HTTP/2 connections to pods", o.pod_connections.clone());
-        registry.register("pod_dials", "Connections dialled to pods (successful or not)", o.pod_dials.clone());
-        registry.register("pod_dial_failures", "Failed dials to pods, by cause", o.pod_dial_failures.clone());
-        registry.register("live_streams", "Calls forwarded to a pod and not yet ended", o.live_streams.clone());
-        registry.register("request_bytes", "Request body bytes forwarded to pods", o.request_bytes.clone());
-        registry.register("response_bytes", "Response body bytes forwarded to callers", o.response_bytes.clone());
-        registry.register_collector(Box::new(CoreCounters(auth)));
-        Observe { registry, ..o }
+        }
     }
 
     /// The Prometheus text of every series.
@@ -151,73 +155,152 @@ impl Observe {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Counts and logs (rate-limited) a call the gateway refused.
-    pub fn refused(&self, call: &CallLine<'_>, refusal: Refusal, message: &str) {
-        self.refusals.get_or_create(&[("reason", refusal.name())]).inc();
-        self.ended(call);
-        if let Some(line) = self.admit(refusal, self.denial_log.admit(refusal, self.now_ms())) {
-            if let Some(summary) = line {
-                tracing::info!(target: ACCESS_TARGET, "{summary}");
-            }
-            call.log(Some((refusal.name(), None, message, "")));
-        }
+    fn count(&self, method: &str, status: Code) {
+        self.calls.get_or_create(&[("method", method_label(method)), ("status", status.name())]).inc();
     }
 
-    /// Counts and logs (rate-limited by the core) a call the core denied.
-    pub fn denied(&self, call: &CallLine<'_>, denial: &Denial) {
-        self.ended(call);
-        if let Some(line) = self.admit(denial.reason, denial.log) {
-            if let Some(summary) = line {
-                tracing::info!(target: ACCESS_TARGET, "{summary}");
-            }
-            let fingerprint = denial.fingerprint.map(|f| f.to_string());
-            call.log(Some((denial.reason.name(), fingerprint.as_deref(), &denial.message, &denial.detail)));
-        }
-    }
-
-    /// Counts and logs a call that reached a pod (every one: they are not denials).
-    pub fn forwarded(&self, call: &CallLine<'_>) {
-        self.ended(call);
-        call.log(None);
-    }
-
-    /// Counts a health call; logged at DEBUG only (probes come every few seconds).
-    pub fn health_call(&self, call: &CallLine<'_>) {
-        self.ended(call);
-        tracing::debug!(target: ACCESS_TARGET, method = %call.method, status = %call.status.name(), "health");
-    }
-
-    fn ended(&self, call: &CallLine<'_>) {
-        self.calls.get_or_create(&[("method", method_label(call.method)), ("status", call.status.name())]).inc();
-    }
-
-    /// `None`: suppressed; `Some(summary)`: write the line, after the summary of suppressed ones.
-    fn admit(&self, kind: impl DenialKind, verdict: LogVerdict) -> Option<Option<String>> {
+    /// Whether a refused call's line is written (the core's bound, per kind); writes the summary
+    /// of the suppressed ones first.
+    fn admit(&self, kind: impl DenialKind, verdict: LogVerdict) -> bool {
         match verdict {
-            LogVerdict::Suppress => None,
-            LogVerdict::Write { suppressed_before, over_ms } => Some(suppressed_line(kind, suppressed_before, over_ms)),
+            LogVerdict::Suppress => false,
+            LogVerdict::Write { suppressed_before, over_ms } => {
+                if let Some(summary) = suppressed_line(kind, suppressed_before, over_ms) {
+                    tracing::info!(target: ACCESS_TARGET, "{summary}");
+                }
+                true
+            }
+        }
+    }
+}
+
+/// One call, from its headers to its one access line (and its count in `calls_total`). Whatever
+/// ends it writes the line: the gateway's own answer ([`Call::refused`], [`Call::denied`]), the
+/// end of the pod's response ([`Call::forwarded`]), or — when the caller goes away first — the
+/// drop, with status CANCELLED.
+pub struct Call {
+    pub method: PathAndQuery,
+    pub started: Instant,
+    /// From `grpc-timeout`: bounds the gateway's own waits (validation, connecting).
+    pub deadline: Option<tokio::time::Instant>,
+    pub user: Option<Arc<str>>,
+    pub pod: Option<Pod>,
+    observe: Arc<Observe>,
+    ended: bool,
+}
+
+impl Call {
+    pub fn new(method: PathAndQuery, deadline: Option<tokio::time::Instant>, observe: &Arc<Observe>) -> Call {
+        Call {
+            method,
+            started: Instant::now(),
+            deadline,
+            user: None,
+            pod: None,
+            observe: Arc::clone(observe),
+            ended: false,
+        }
+    }
+
+    /// This record, to be ended elsewhere (by the response body that carries it on).
+    pub fn hand_over(&mut self) -> Call {
+        self.ended = true;
+        Call {
+            method: self.method.clone(),
+            started: self.started,
+            deadline: self.deadline,
+            user: self.user.take(),
+            pod: self.pod.take(),
+            observe: Arc::clone(&self.observe),
+            ended: false,
+        }
+    }
+
+    /// A call the gateway refused: counted, its line rate-limited per reason.
+    pub fn refused(mut self, refusal: Refusal, code: Code, message: &str) {
+        self.ended = true;
+        let o = &self.observe;
+        o.refusals.get_or_create(&[("reason", refusal.name())]).inc();
+        o.count(self.method.path(), code);
+        if o.admit(refusal, o.denial_log.admit(refusal, o.now_ms())) {
+            self.line(code, 0, 0).log(Some((refusal.name(), None, message, "")));
+        }
+    }
+
+    /// A call the core denied: counted, its line rate-limited by the core's bound.
+    pub fn denied(mut self, denial: &Denial) {
+        self.ended = true;
+        let code = Code::from_core(denial.code());
+        self.observe.count(self.method.path(), code);
+        if self.observe.admit(denial.reason, denial.log) {
+            let fingerprint = denial.fingerprint.map(|f| f.to_string());
+            let reason =
+                Some((denial.reason.name(), fingerprint.as_deref(), denial.message.as_str(), denial.detail.as_str()));
+            self.line(code, 0, 0).log(reason);
+        }
+    }
+
+    /// A call that reached its pod, ended with `status`: counted and logged, every one.
+    pub fn forwarded(mut self, status: Code, bytes_in: u64, bytes_out: u64) {
+        self.ended = true;
+        self.observe.count(self.method.path(), status);
+        self.line(status, bytes_in, bytes_out).log(None);
+    }
+
+    /// A health call: counted; logged at DEBUG only (probes come every few seconds).
+    pub fn health(mut self, status: Code) {
+        self.ended = true;
+        self.observe.count(self.method.path(), status);
+        tracing::debug!(target: ACCESS_TARGET, method = %self.method.path(), status = %status.name(), "health");
+    }
+
+    fn line(&self, status: Code, bytes_in: u64, bytes_out: u64) -> CallLine<'_> {
+        CallLine {
+            method: self.method.path(),
+            user: self.user.as_deref(),
+            pod: self.pod.as_ref().map(|p| p.authority.as_str()),
+            status,
+            duration: self.started.elapsed(),
+            bytes_in,
+            bytes_out,
+        }
+    }
+}
+
+impl Drop for Call {
+    /// The caller went away before the call reached its pod (or before the pod answered). Such
+    /// lines are rate-limited like refusals: callers that connect and leave must not flood the log.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let o = &self.observe;
+        o.count(self.method.path(), Code::Cancelled);
+        if o.admit(Refusal::Cancelled, o.denial_log.admit(Refusal::Cancelled, o.now_ms())) {
+            self.line(Code::Cancelled, 0, 0).log(None);
         }
     }
 }
 
 /// One call, as its access line shows it.
-pub struct CallLine<'a> {
-    pub method: &'a str,
-    pub user: Option<&'a str>,
-    pub pod: Option<&'a str>,
-    pub status: Code,
-    pub duration: Duration,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
+struct CallLine<'a> {
+    method: &'a str,
+    user: Option<&'a str>,
+    pod: Option<&'a str>,
+    status: Code,
+    duration: Duration,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl CallLine<'_> {
     /// `call method=… user=… pod=… status=… duration_ms=… bytes_in=… bytes_out=…`, and for a
-    /// denial `reason=… token=sha256:… message="…" detail="…"`. Never a token.
-    fn log(&self, denial: Option<(&str, Option<&str>, &str, &str)>) {
+    /// refusal `reason=… token=sha256:… grpc_message="…" detail="…"` (`message` is tracing's own
+    /// field). Never a token.
+    fn log(&self, refusal: Option<(&str, Option<&str>, &str, &str)>) {
         let ms = self.duration.as_secs_f64() * 1000.0;
         let (user, pod) = (self.user.unwrap_or("-"), self.pod.unwrap_or("-"));
-        match denial {
+        match refusal {
             None => tracing::info!(
                 target: ACCESS_TARGET,
                 method = %self.method, user = %user, pod = %pod, status = %self.status.name(),
@@ -228,7 +311,7 @@ impl CallLine<'_> {
                 target: ACCESS_TARGET,
                 method = %self.method, user = %user, pod = %pod, status = %self.status.name(),
                 duration_ms = %format_args!("{ms:.3}"), bytes_in = self.bytes_in, bytes_out = self.bytes_out,
-                reason = %reason, token = %token.unwrap_or("-"), message = ?message, detail = ?detail,
+                reason = %reason, token = %token.unwrap_or("-"), grpc_message = ?message, detail = ?detail,
                 "call"
             ),
         }

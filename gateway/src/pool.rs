@@ -59,9 +59,18 @@ pub struct Pool {
 struct PodState {
     conns: Vec<Arc<Conn>>,
     last_used: Instant,
-    /// The dial in progress; its sender is dropped when it ends.
-    dialing: Option<watch::Receiver<()>>,
+    /// The dial in progress, and then how it ended.
+    dialing: Option<watch::Receiver<Option<Dialled>>>,
     down: Option<Down>,
+}
+
+/// How a dial ended: connected, or why not.
+type Dialled = Result<(), Arc<str>>;
+
+impl PodState {
+    fn new(now: Instant) -> PodState {
+        PodState { conns: Vec::new(), last_used: now, dialing: None, down: None }
+    }
 }
 
 struct Down {
@@ -153,18 +162,16 @@ impl Pool {
     }
 
     /// A connection to `pod` for one call: an open one with room, else a new one (one dial at a
-    /// time per pod; callers wait for it), unless the pod is known to be down.
+    /// time per pod; callers wait for it and share its failure), unless the pod is known to be
+    /// down.
     pub async fn lease(self: &Arc<Self>, pod: &Pod) -> Result<Lease, PodDown> {
         loop {
-            let mut dial_done = {
+            let mut dial = {
                 let mut pods = self.lock();
                 let now = Instant::now();
                 let key = pod.authority.as_str();
                 if !pods.contains_key(key) {
-                    pods.insert(
-                        key.to_owned(),
-                        PodState { conns: Vec::new(), last_used: now, dialing: None, down: None },
-                    );
+                    pods.insert(key.to_owned(), PodState::new(now));
                 }
                 let st = pods.get_mut(key).expect("inserted above");
                 st.last_used = now;
@@ -179,7 +186,7 @@ impl Pool {
                 match &st.dialing {
                     Some(rx) => rx.clone(),
                     None => {
-                        let (tx, rx) = watch::channel(());
+                        let (tx, rx) = watch::channel(None);
                         st.dialing = Some(rx.clone());
                         // Its own task: the dial completes for the next caller even if this one
                         // gives up.
@@ -188,8 +195,13 @@ impl Pool {
                     }
                 }
             };
-            // Ends (with an error) when the dial's sender is dropped.
-            let _ = dial_done.changed().await;
+            // The dial this call waited for decides it: its failure is this call's.
+            let outcome = dial.wait_for(Option::is_some).await.ok().and_then(|o| o.clone());
+            match outcome {
+                Some(Ok(())) => continue,
+                Some(Err(why)) => return Err(PodDown(why)),
+                None => return Err(PodDown("the dial was abandoned".into())),
+            }
         }
     }
 
@@ -200,7 +212,7 @@ impl Pool {
         (has_room || st.conns.len() >= self.cfg.max_per_pod).then(|| Arc::clone(least))
     }
 
-    async fn dial(self: Arc<Self>, pod: Pod, _done: watch::Sender<()>) {
+    async fn dial(self: Arc<Self>, pod: Pod, done: watch::Sender<Option<Dialled>>) {
         self.observe.pod_dials.inc();
         let result = match tokio::time::timeout(self.cfg.connect_timeout, self.connect(&pod)).await {
             Ok(r) => r,
@@ -208,28 +220,27 @@ impl Pool {
         };
         let mut pods = self.lock();
         let now = Instant::now();
-        let st = pods.entry(pod.authority.as_str().to_owned()).or_insert_with(|| PodState {
-            conns: Vec::new(),
-            last_used: now,
-            dialing: None,
-            down: None,
-        });
+        let st = pods.entry(pod.authority.as_str().to_owned()).or_insert_with(|| PodState::new(now));
         st.dialing = None;
-        match result {
+        let dialled = match result {
             Ok(send) => {
                 st.down = None;
                 let idle_since_ms = AtomicU64::new(self.epoch.elapsed().as_millis() as u64);
                 st.conns.push(Arc::new(Conn { send, live: AtomicUsize::new(0), idle_since_ms }));
                 // Not this pod's new connection: its callers are about to use it.
                 self.keep_within_bound(&mut pods, Some(pod.authority.as_str()));
+                Ok(())
             }
             Err((cause, why)) => {
                 self.observe.dial_failed(cause);
                 tracing::warn!(pod = %pod, cause, "cannot reach pod: {why}");
-                st.down = Some(Down { until: now + self.cfg.retry_backoff, why: why.into() });
+                let why: Arc<str> = why.into();
+                st.down = Some(Down { until: now + self.cfg.retry_backoff, why: Arc::clone(&why) });
+                Err(why)
             }
-        }
-        // `_done` drops here: waiters look again.
+        };
+        drop(pods);
+        done.send_replace(Some(dialled));
     }
 
     /// Resolve (at each dial, so a pod that moved is found), connect, HTTP/2 handshake.

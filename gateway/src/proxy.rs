@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{
     HeaderName, AUTHORIZATION, CONNECTION, CONTENT_TYPE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
@@ -18,7 +17,7 @@ use kbase_spark_auth::{Allowed, Authenticator, Denial};
 
 use crate::grpc::{self, trailers_only, Code};
 use crate::health::{self, Lifecycle};
-use crate::observe::{CallLine, Observe, Refusal};
+use crate::observe::{Call, Observe, Refusal};
 use crate::pool::{Lease, PodDown, Pool, UpBody};
 use crate::relay::{self, empty, BoxError, DownBody, Download, Forwarded, Sent, Upload};
 use crate::route::{Pod, Router};
@@ -36,86 +35,52 @@ pub struct Gateway {
     pub forward_token: bool,
 }
 
-/// What is known of a call from its headers.
-struct Call {
-    method: PathAndQuery,
-    started: Instant,
-    /// From `grpc-timeout`: bounds the gateway's own waits (validation, connecting).
-    deadline: Option<tokio::time::Instant>,
-}
-
-impl Call {
-    fn line<'a>(&'a self, user: Option<&'a str>, pod: Option<&'a Pod>, status: Code) -> CallLine<'a> {
-        CallLine {
-            method: self.method.path(),
-            user,
-            pod: pod.map(|p| p.authority.as_str()),
-            status,
-            duration: self.started.elapsed(),
-            bytes_in: 0,
-            bytes_out: 0,
-        }
-    }
-}
-
 /// Why a call goes no further than the gateway.
 enum Stop {
     /// The core's decision.
     Denied(Denial),
     /// The gateway's own.
-    Refused { refusal: Refusal, code: Code, message: String, user: Option<Arc<str>>, pod: Option<Pod> },
+    Refused { refusal: Refusal, code: Code, message: String },
     /// The pod reset the stream before answering: the caller gets the same reset.
-    Reset { error: hyper::Error, reason: h2::Reason, user: Arc<str>, pod: Pod },
+    Reset { error: hyper::Error, reason: h2::Reason },
 }
 
 impl Stop {
     fn refused(refusal: Refusal, code: Code, message: impl Into<String>) -> Stop {
-        Stop::Refused { refusal, code, message: message.into(), user: None, pod: None }
+        Stop::Refused { refusal, code, message: message.into() }
     }
 
-    fn pod_unavailable(user: &Arc<str>, pod: &Pod, message: String) -> Stop {
-        Stop::Refused {
-            refusal: Refusal::PodUnavailable,
-            code: Code::Unavailable,
-            message,
-            user: Some(Arc::clone(user)),
-            pod: Some(pod.clone()),
-        }
+    fn pod_unavailable(message: String) -> Stop {
+        Stop::refused(Refusal::PodUnavailable, Code::Unavailable, message)
     }
 }
 
 impl Gateway {
     /// One call, from its request to its response (whose body streams on after this returns).
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<DownBody>, BoxError> {
-        let call = Call {
-            method: req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
-            started: Instant::now(),
-            deadline: grpc::timeout(req.headers()).map(|t| tokio::time::Instant::now() + t),
-        };
+        let method = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let deadline = grpc::timeout(req.headers()).map(|t| tokio::time::Instant::now() + t);
+        let mut call = Call::new(method, deadline, &self.observe);
         if health::is_health(call.method.path()) {
             let res = self.lifecycle.serve(req).await;
-            let status = Code::in_headers(res.headers()).unwrap_or(Code::Ok);
-            self.observe.health_call(&call.line(None, None, status));
+            call.health(Code::in_headers(res.headers()).unwrap_or(Code::Ok));
             return Ok(res);
         }
-        match self.forward(req, &call).await {
+        match self.forward(req, &mut call).await {
             Ok(res) => Ok(res),
-            Err(stop) => self.stop(&call, stop),
+            Err(stop) => self.stop(call, stop),
         }
     }
 
     /// Read the request, validate, route, connect, forward; the response streams back through a
-    /// [`Download`], which logs the call when it ends.
-    async fn forward(&self, req: Request<Incoming>, call: &Call) -> Result<Response<DownBody>, Stop> {
+    /// [`Download`], which ends the call when it ends.
+    async fn forward(&self, req: Request<Incoming>, call: &mut Call) -> Result<Response<DownBody>, Stop> {
         // 1. Read the request: a gRPC call, and its token headers.
         if req.method() != Method::POST
             || !req.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
         {
-            return Err(Stop::refused(
-                Refusal::NotGrpc,
-                Code::Unimplemented,
-                "not a gRPC call (POST, content-type application/grpc)",
-            ));
+            let message = "not a gRPC call (POST, content-type application/grpc)";
+            return Err(Stop::refused(Refusal::NotGrpc, Code::Unimplemented, message));
         }
         // 2. Validate the token: the core's cache, single flight, budget and breaker.
         let allowed = within(call.deadline, "checking the KBase token", self.validate(req.headers())).await?;
@@ -130,24 +95,22 @@ impl Gateway {
                 "internal error in the gateway: an allowed call without a user",
             )
         })?;
+        call.user = Some(Arc::clone(&user));
         // 3. Route: the user's pod.
-        let pod = self.router.pod_for(&user).map_err(|message| Stop::Refused {
-            refusal: Refusal::UnroutableUser,
-            code: Code::PermissionDenied,
-            message,
-            user: Some(Arc::clone(&user)),
-            pod: None,
-        })?;
+        let pod = self
+            .router
+            .pod_for(&user)
+            .map_err(|message| Stop::refused(Refusal::UnroutableUser, Code::PermissionDenied, message))?;
+        call.pod = Some(pod.clone());
         // 4. A connection to the pod.
-        let lease = self.lease(call, &user, &pod).await?;
+        let lease = self.lease(call.deadline, &user, &pod).await?;
         // 5. Forward the request, unchanged but for its address and hop-by-hop headers.
         let sent = Arc::new(Sent::default());
         let request = self.upstream(req, &pod, &sent);
-        let (response, lease) = self.send(call, lease, request, &user, &pod).await?;
-        // 6. Stream the response back.
-        let mut record =
-            Forwarded::new(call.method.clone(), user, pod, call.started, sent, Arc::clone(&self.observe), lease);
-        record.status = Code::in_headers(response.headers());
+        let (response, lease) = self.send(call.deadline, lease, request, &user, &pod).await?;
+        // 6. Stream the response back; the body ends the call.
+        let status = Code::in_headers(response.headers());
+        let record = Forwarded::new(call.hand_over(), status, sent, lease, Arc::clone(&self.observe));
         Ok(response.map(|body| Download::new(body, record).boxed_unsync()))
     }
 
@@ -157,17 +120,13 @@ impl Gateway {
         self.auth.authorize_async(&authorization, &kbase_token).await
     }
 
-    async fn lease(&self, call: &Call, user: &Arc<str>, pod: &Pod) -> Result<Lease, Stop> {
-        let lease = within(call.deadline, "connecting to the Spark Connect server", self.pool.lease(pod)).await?;
+    async fn lease(&self, deadline: Option<tokio::time::Instant>, user: &str, pod: &Pod) -> Result<Lease, Stop> {
+        let lease = within(deadline, "connecting to the Spark Connect server", self.pool.lease(pod)).await?;
         lease.map_err(|PodDown(why)| {
-            Stop::pod_unavailable(
-                user,
-                pod,
-                format!(
-                    "no Spark Connect server answers for KBase user '{user}' at {pod} ({why}); \
+            Stop::pod_unavailable(format!(
+                "no Spark Connect server answers for KBase user '{user}' at {pod} ({why}); \
                      start your notebook server (JupyterHub) and retry"
-                ),
-            )
+            ))
         })
     }
 
@@ -193,10 +152,10 @@ impl Gateway {
     /// on another.
     async fn send(
         &self,
-        call: &Call,
+        deadline: Option<tokio::time::Instant>,
         mut lease: Lease,
         mut request: Request<UpBody>,
-        user: &Arc<str>,
+        user: &str,
         pod: &Pod,
     ) -> Result<(Response<Incoming>, Lease), Stop> {
         let mut retried = false;
@@ -208,13 +167,13 @@ impl Gateway {
                     Some(unsent) if !retried => {
                         retried = true;
                         request = unsent;
-                        lease = self.lease(call, user, pod).await?;
+                        lease = self.lease(deadline, user, pod).await?;
                     }
                     _ => {
                         let error = e.into_error();
                         return Err(match relay::pod_reset(&error) {
-                            Some(reason) => Stop::Reset { error, reason, user: Arc::clone(user), pod: pod.clone() },
-                            None => Stop::pod_unavailable(user, pod, relay::lost(user, pod, &error)),
+                            Some(reason) => Stop::Reset { error, reason },
+                            None => Stop::pod_unavailable(relay::lost(user, pod, &error)),
                         });
                     }
                 },
@@ -222,24 +181,24 @@ impl Gateway {
         }
     }
 
-    /// The gateway's own answer to a call it does not forward, counted and logged.
-    fn stop(&self, call: &Call, stop: Stop) -> Result<Response<DownBody>, BoxError> {
+    /// The gateway's own answer to a call it does not forward; the call's end is counted and logged.
+    fn stop(&self, call: Call, stop: Stop) -> Result<Response<DownBody>, BoxError> {
         match stop {
             Stop::Denied(denial) => {
                 let code = Code::from_core(denial.code());
-                self.observe.denied(&call.line(None, None, code), &denial);
+                call.denied(&denial);
                 Ok(trailers_only(code, &denial.message, empty()))
             }
-            Stop::Refused { refusal, code, message, user, pod } => {
-                self.observe.refused(&call.line(user.as_deref(), pod.as_ref(), code), refusal, &message);
+            Stop::Refused { refusal, code, message } => {
+                call.refused(refusal, code, &message);
                 let mut res = trailers_only(code, &message, empty());
                 if refusal == Refusal::NotGrpc {
                     *res.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
                 }
                 Ok(res)
             }
-            Stop::Reset { error, reason, user, pod } => {
-                self.observe.forwarded(&call.line(Some(&user), Some(&pod), Code::from_reset(reason)));
+            Stop::Reset { error, reason } => {
+                call.forwarded(Code::from_reset(reason), 0, 0);
                 Err(Box::new(error))
             }
         }

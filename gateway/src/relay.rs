@@ -8,19 +8,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 
 use crate::grpc::{status_headers, Code, Framing};
-use crate::observe::{CallLine, Observe};
+use crate::observe::{Call, Observe};
 use crate::pool::{Lease, UpBody};
-use crate::route::Pod;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -72,54 +69,40 @@ impl Body for Upload {
     }
 }
 
-/// A call that reached its pod; its access line is written when this is dropped, which is when
-/// the response ended or the caller went away.
+/// A call that reached its pod. Its end (counted, logged) comes when this is dropped: when the
+/// response ended, or when the caller went away (status CANCELLED).
 pub struct Forwarded {
-    pub method: PathAndQuery,
-    pub user: Arc<str>,
-    pub pod: Pod,
-    pub started: Instant,
+    call: Option<Call>,
     /// The pod's status once known (trailers, or a trailers-only response's headers).
-    pub status: Option<Code>,
-    pub sent: Arc<Sent>,
-    pub received: u64,
-    pub observe: Arc<Observe>,
+    status: Option<Code>,
+    sent: Arc<Sent>,
+    received: u64,
+    observe: Arc<Observe>,
     /// Keeps the pod connection open while the call lives.
-    pub lease: Lease,
+    _lease: Lease,
 }
 
 impl Forwarded {
-    pub fn new(
-        method: PathAndQuery,
-        user: Arc<str>,
-        pod: Pod,
-        started: Instant,
-        sent: Arc<Sent>,
-        observe: Arc<Observe>,
-        lease: Lease,
-    ) -> Forwarded {
+    pub fn new(call: Call, status: Option<Code>, sent: Arc<Sent>, lease: Lease, observe: Arc<Observe>) -> Forwarded {
         observe.live_streams.inc();
-        Forwarded { method, user, pod, started, status: None, sent, received: 0, observe, lease }
+        Forwarded { call: Some(call), status, sent, received: 0, observe, _lease: lease }
     }
 
-    fn line(&self) -> CallLine<'_> {
-        CallLine {
-            method: self.method.path(),
-            user: Some(&self.user),
-            pod: Some(self.pod.authority.as_str()),
-            // No status and no end: the caller cancelled.
-            status: self.status.unwrap_or(Code::Cancelled),
-            duration: self.started.elapsed(),
-            bytes_in: self.sent.0.load(Ordering::Relaxed),
-            bytes_out: self.received,
-        }
+    fn user(&self) -> &str {
+        self.call.as_ref().and_then(|c| c.user.as_deref()).unwrap_or("-")
+    }
+
+    fn pod(&self) -> &str {
+        self.call.as_ref().and_then(|c| c.pod.as_ref()).map_or("-", |p| p.authority.as_str())
     }
 }
 
 impl Drop for Forwarded {
     fn drop(&mut self) {
         self.observe.live_streams.dec();
-        self.observe.forwarded(&self.line());
+        if let Some(call) = self.call.take() {
+            call.forwarded(self.status.unwrap_or(Code::Cancelled), self.sent.0.load(Ordering::Relaxed), self.received);
+        }
     }
 }
 
@@ -169,7 +152,7 @@ impl Body for Download {
                 None if this.framing.at_boundary() => {
                     this.ended = true;
                     this.call.status = Some(Code::Unavailable);
-                    let message = lost(&this.call.user, &this.call.pod, &e);
+                    let message = lost(this.call.user(), this.call.pod(), &e);
                     Poll::Ready(Some(Ok(Frame::trailers(status_headers(Code::Unavailable, &message)))))
                 }
                 None => {
@@ -197,7 +180,7 @@ impl Body for Download {
 }
 
 /// The message for a call whose pod connection broke.
-pub fn lost(user: &str, pod: &Pod, e: &hyper::Error) -> String {
+pub fn lost(user: &str, pod: impl std::fmt::Display, e: &hyper::Error) -> String {
     format!("the connection to the Spark Connect server of KBase user '{user}' at {pod} was lost ({e}); retry")
 }
 

@@ -5,9 +5,13 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,10 +24,12 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
+use crate::grpc::{trailers_only, Code};
 use crate::health::{Lifecycle, Phase};
 use crate::observe::Observe;
 use crate::pool::Pool;
 use crate::proxy::Gateway;
+use crate::relay::{empty, BoxError, DownBody};
 use crate::route::{Resolver, Router};
 use crate::settings::{
     Bind, Config, TlsFiles, GATEWAY_ADMIN_PORT, GATEWAY_TLS_CERT, GATEWAY_TLS_KEY, PROGRAM, PROXY_LISTEN_PORT, VERSION,
@@ -118,7 +124,9 @@ async fn serve(
         // A caller that vanished without closing its connection is found out by pings.
         .keep_alive_interval(Duration::from_secs(60))
         .keep_alive_timeout(Duration::from_secs(20))
-        .max_header_list_size(64 * 1024);
+        .max_header_list_size(64 * 1024)
+        // The pod's response headers pass as they are.
+        .auto_date_header(false);
     loop {
         let tcp = tokio::select! {
             biased;
@@ -135,7 +143,7 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         let (watcher, http, tls, gateway) = (graceful.watcher(), http.clone(), tls.clone(), Arc::clone(&gateway));
         tokio::spawn(async move {
-            let service = service_fn(move |req| Arc::clone(&gateway).handle(req));
+            let service = service_fn(move |req| answer(Arc::clone(&gateway), req));
             match tls {
                 None => {
                     let _ = watcher.watch(http.serve_connection(TokioIo::new(tcp), service)).await;
@@ -154,6 +162,17 @@ async fn serve(
     match tokio::time::timeout(drain, graceful.shutdown()).await {
         Ok(()) => tracing::info!("drained: every call finished ({open} connections were open)"),
         Err(_) => tracing::warn!("drain time ({drain:?}) over with calls still live; stopping anyway"),
+    }
+}
+
+/// One call; a panic in it (a bug) is answered INTERNAL, never with anything else.
+async fn answer(gateway: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<DownBody>, BoxError> {
+    match AssertUnwindSafe(gateway.handle(req)).catch_unwind().await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::error!("a call panicked in the gateway (a bug): answered INTERNAL");
+            Ok(trailers_only(Code::Internal, "internal error in the gateway; see its log", empty()))
+        }
     }
 }
 

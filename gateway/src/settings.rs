@@ -220,7 +220,7 @@ pub static SPECS: &[Spec] = &[
     spec(GATEWAY_ADMIN_PORT, "admin-port", "PORT", Group::Gateway, "HTTP port of /healthz, /readyz, /metrics (0: any)", |c| {
         c.admin_port.to_string()
     }),
-    spec(GATEWAY_ADMIN_BIND, "admin-bind", "IP", Group::Gateway, "address of the admin port (default: GATEWAY_BIND)", |c| {
+    spec(GATEWAY_ADMIN_BIND, "admin-bind", "IP", Group::Gateway, "address of the admin port (unset: the same as GATEWAY_BIND)", |c| {
         c.admin_bind.to_string()
     }),
     spec(

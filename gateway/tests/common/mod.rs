@@ -83,6 +83,16 @@ pub struct BackendLog {
     pub connections: AtomicUsize,
     pub open_connections: AtomicUsize,
     pub last_headers: Mutex<Option<HeaderMap>>,
+    connection_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl BackendLog {
+    /// Drops every open connection at once, as a pod that dies does.
+    pub fn kill_connections(&self) {
+        for t in self.connection_tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
 }
 
 /// A gRPC server on loopback, named so a test can tell which one answered. Methods (any service):
@@ -143,7 +153,7 @@ impl Backend {
                 log2.connections.fetch_add(1, Ordering::SeqCst);
                 log2.open_connections.fetch_add(1, Ordering::SeqCst);
                 let (name, log, http) = (name2.clone(), Arc::clone(&log2), http.clone());
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let svc = {
                         let (name, log) = (name.clone(), Arc::clone(&log));
                         service_fn(move |req| {
@@ -151,9 +161,16 @@ impl Backend {
                             async move { Ok::<_, Infallible>(answer(&name, &log, req).await) }
                         })
                     };
+                    struct Open(Arc<BackendLog>);
+                    impl Drop for Open {
+                        fn drop(&mut self) {
+                            self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _open = Open(Arc::clone(&log));
                     let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
-                    log.open_connections.fetch_sub(1, Ordering::SeqCst);
                 });
+                log2.connection_tasks.lock().unwrap().push(task.abort_handle());
             }
         });
         Backend { name: name.to_owned(), addr, log, task }
@@ -257,11 +274,18 @@ async fn answer(name: &str, log: &Arc<BackendLog>, req: Request<Incoming>) -> Re
             res
         }
         "Reset" => {
-            let frames = [
-                Ok::<_, BoxError>(Frame::data(frame(b"before the reset"))),
-                Err(Box::new(h2::Error::from(h2::Reason::CANCEL)) as BoxError),
-            ];
-            head(boxed(StreamBody::new(stream::iter(frames))))
+            // A reset discards what the peer has not read yet: give the message time to arrive.
+            let frames = stream::unfold(0, |step| async move {
+                match step {
+                    0 => Some((Ok::<_, BoxError>(Frame::data(frame(b"before the reset"))), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Some((Err(Box::new(h2::Error::from(h2::Reason::CANCEL)) as BoxError), 2))
+                    }
+                    _ => None,
+                }
+            });
+            head(boxed(StreamBody::new(frames)))
         }
         _ => {
             let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
@@ -349,6 +373,36 @@ impl Client {
         Client { send }
     }
 
+    /// Over TLS, trusting `ca_pem`, offering ALPN h2.
+    pub async fn connect_tls(addr: SocketAddr, ca_pem: &str, name: &str) -> Client {
+        use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        let (send, conn) = b.handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        Client { send }
+    }
+
+    /// Sends a request as it is.
+    pub async fn raw(&mut self, req: Request<TestBody>) -> Response<Incoming> {
+        self.send.send_request(req).await.unwrap()
+    }
+
     /// Starts a call; the response's body streams on.
     pub async fn start(
         &self,
@@ -380,6 +434,11 @@ pub async fn read_reply(res: Response<Incoming>) -> Result<Reply, hyper::Error> 
     let collected = body.collect().await?;
     let trailers = collected.trailers().cloned().unwrap_or_default();
     Ok(Reply { http: parts.status, headers: parts.headers, messages: unframe(collected.to_bytes()), trailers })
+}
+
+/// A request body of one message.
+pub fn boxed_frame(payload: &[u8]) -> TestBody {
+    boxed(Full::new(frame(payload)))
 }
 
 /// A request body the test writes to, frame by frame, while the call runs.
