@@ -12,9 +12,9 @@ import zlib
 import pytest
 
 import harness
-from harness import bearer, config_rpc
+from harness import bearer, config_rpc, expect
 
-from .topology import (BACKEND_PORT, EXPECTED_ROWS, InThread, expect_gw, ids, pod_host, pod_of, session,
+from .topology import (BACKEND_PORT, EXPECTED_ROWS, InThread, ids, pod_host, pod_of, session,
                        slow_rows, small_query, wait_live_streams)
 
 pytestmark = pytest.mark.matrix  # every Spark version of the matrix (scripts/test.sh)
@@ -166,7 +166,7 @@ def test_gateway_long_stream_survives_users_coming_and_going(gw, start_gateway):
         runner = InThread(lambda: slow_rows(spark, 20, 1000).collect())  # ~10 s
         wait_live_streams(g)
         for u in users:
-            expect_gw(config_rpc(g.target, bearer(churn_tokens[u])), "PERMISSION_DENIED", u, "alice")
+            expect(config_rpc(g.target, bearer(churn_tokens[u])), "PERMISSION_DENIED", u, "alice")
         assert runner.alive(), "the query ended before the other users were done: make it longer"
         assert ids(runner.join(120)) == list(range(20))
     finally:

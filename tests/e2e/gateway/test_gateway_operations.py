@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import harness
-from harness import bearer, config_rpc
+from harness import bearer, config_rpc, expect
 
-from .topology import EXPECTED_ROWS, expect_gw, session, small_query
+from .topology import EXPECTED_ROWS, session, small_query
 
 PYTHON_PROXY_VARIABLES = harness.GATEWAY_PROXY_VARIABLES
 
@@ -71,8 +71,8 @@ def test_gateway_metrics_present_and_moving(gw, tokens):
     finally:
         spark.stop()
     bad = tokens.new()
-    expect_gw(config_rpc(g.target, bearer(bad)), "UNAUTHENTICATED")
-    expect_gw(config_rpc(g.target, bearer(gw.t["erin"])), "UNAVAILABLE")
+    expect(config_rpc(g.target, bearer(bad)), "UNAUTHENTICATED")
+    expect(config_rpc(g.target, bearer(gw.t["erin"])), "UNAVAILABLE")
     after = g.metrics()
     missing = [s for s in SERIES if s not in after.names()]
     assert not missing, f"missing series {missing} in:\n{after.text}"

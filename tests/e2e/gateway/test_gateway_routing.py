@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness import bearer, config_rpc
+from harness import bearer, config_rpc, expect
 
-from .topology import (BACKEND_PORT, EXPECTED_ROWS, PLAIN_LABEL, PLAIN_USER, expect_gw, pod_host,
+from .topology import (BACKEND_PORT, EXPECTED_ROWS, PLAIN_LABEL, PLAIN_USER, pod_host,
                        pod_of, session, small_query)
 
 EXECUTE_PLAN = "/spark.connect.SparkConnectService/ExecutePlan"
@@ -57,9 +57,9 @@ def test_gateway_raw_escaping_refuses_what_no_host_can_hold(gw, start_gateway):
     form a host is refused (PERMISSION_DENIED, naming the user), never dialled."""
     g = start_gateway("gateway-raw-names", {"GATEWAY_USERNAME_ESCAPING": "raw"})
     t = gw.t[PLAIN_USER]
-    expect_gw(config_rpc(g.target, bearer(t)), "PERMISSION_DENIED", PLAIN_USER, "DNS label", secrets=[t])
+    expect(config_rpc(g.target, bearer(t)), "PERMISSION_DENIED", PLAIN_USER, "DNS label", secrets=[t])
     assert g.metrics().value("kbase_gateway_pod_dials_total") == 0
-    expect_gw(config_rpc(g.target, bearer(gw.t["alice"])), "OK")  # names a label can hold still route
+    expect(config_rpc(g.target, bearer(gw.t["alice"])), "OK")  # names a label can hold still route
 
 
 def test_gateway_user_without_pod_is_told_at_once(gw):
@@ -68,9 +68,9 @@ def test_gateway_user_without_pod_is_told_at_once(gw):
     without waiting for BACKEND_CONNECT_TIMEOUT (5 s); the next call right after does not dial
     the known-dead pod again."""
     g, t = gw.gateway, gw.t["erin"]
-    o = expect_gw(config_rpc(g.target, bearer(t), timeout=30), "UNAVAILABLE", "erin",
+    o = expect(config_rpc(g.target, bearer(t), timeout=30), "UNAVAILABLE", "erin",
                "start your notebook server", secrets=[t])
     assert o.elapsed < 5.0, f"not at once: {o}"
     dials = g.metrics().value("kbase_gateway_pod_dials_total")
-    expect_gw(config_rpc(g.target, bearer(t), timeout=30), "UNAVAILABLE", "start your notebook server")
+    expect(config_rpc(g.target, bearer(t), timeout=30), "UNAVAILABLE", "start your notebook server")
     assert g.metrics().value("kbase_gateway_pod_dials_total") == dials, "the dead pod was dialled again at once"

@@ -9,9 +9,9 @@ import time
 import pytest
 
 import harness
-from harness import bearer, concurrent_config_rpcs, config_rpc, kbase
+from harness import bearer, concurrent_config_rpcs, config_rpc, expect, kbase
 
-from .topology import PLAIN_USER, expect_gw
+from .topology import PLAIN_USER
 
 
 @pytest.mark.parametrize("meta", [
@@ -23,7 +23,7 @@ from .topology import PLAIN_USER, expect_gw
 ], ids=["bearer", "bearer-lowercase", "x-kbase-token", "both-same", "x-kbase-repeated-same"])
 def test_gateway_token_headers(gw, meta):
     """`authorization: Bearer` is accepted (the Python proxy refuses it), as `x-kbase-token`."""
-    expect_gw(config_rpc(gw.gateway.target, meta(gw.t["alice"])), "OK")
+    expect(config_rpc(gw.gateway.target, meta(gw.t["alice"])), "OK")
 
 
 @pytest.mark.parametrize("meta", [
@@ -37,19 +37,19 @@ def test_gateway_ambiguous_tokens(gw, tokens, meta):
     trailers, before asking Auth2 about either."""
     a, b = gw.t["alice"], tokens.new()
     before = gw.auth.total()
-    expect_gw(config_rpc(gw.gateway.target, meta(a, b)), "UNAUTHENTICATED", "ambiguous", secrets=[a, b])
+    expect(config_rpc(gw.gateway.target, meta(a, b)), "UNAUTHENTICATED", "ambiguous", secrets=[a, b])
     assert gw.auth.total() == before
 
 
 def test_gateway_no_token(gw):
     before = gw.auth.total()
-    expect_gw(config_rpc(gw.gateway.target, []), "UNAUTHENTICATED", "missing KBase token", "x-kbase-token=")
+    expect(config_rpc(gw.gateway.target, []), "UNAUTHENTICATED", "missing KBase token", "x-kbase-token=")
     assert gw.auth.total() == before
 
 
 def test_gateway_invalid_token(gw, tokens):
     bad = tokens.new()
-    expect_gw(config_rpc(gw.gateway.target, kbase(bad)), "UNAUTHENTICATED", "invalid or revoked", secrets=[bad])
+    expect(config_rpc(gw.gateway.target, kbase(bad)), "UNAUTHENTICATED", "invalid or revoked", secrets=[bad])
     assert gw.auth.count(bad) == 1
 
 
@@ -57,13 +57,13 @@ def test_gateway_invalid_token(gw, tokens):
 def test_gateway_mfa_required(gw, who):
     """REQUIRE_MFA=true: a token made without MFA, or one Auth2 says nothing about, is refused."""
     t = gw.t[who]
-    expect_gw(config_rpc(gw.gateway.target, bearer(t)), "PERMISSION_DENIED", "MFA", secrets=[t])
+    expect(config_rpc(gw.gateway.target, bearer(t)), "PERMISSION_DENIED", "MFA", secrets=[t])
 
 
 def test_gateway_mfa_exempt_user(gw):
     """bob is in MFA_EXEMPT_USERS: his token without MFA passes (and reaches his pod, whose own
     plugin does not ask for MFA)."""
-    expect_gw(config_rpc(gw.gateway.target, bearer(gw.t["bob"])), "OK")
+    expect(config_rpc(gw.gateway.target, bearer(gw.t["bob"])), "OK")
     assert gw.gateway.access_lines(user="bob", status="OK")
 
 
@@ -73,7 +73,7 @@ def test_gateway_auth2_down_is_unavailable(gw, mode):
     UNAUTHENTICATED: the token is bad). Then Auth2 is back, and so is the user."""
     t = gw.token("alice")
     gw.auth.fault(mode)
-    expect_gw(config_rpc(gw.gateway.target, bearer(t), timeout=30), "UNAVAILABLE", "KBase auth service unavailable",
+    expect(config_rpc(gw.gateway.target, bearer(t), timeout=30), "UNAVAILABLE", "KBase auth service unavailable",
            secrets=[t])
     gw.auth.fault("none")
 
@@ -93,9 +93,9 @@ def test_gateway_refuses_a_token_expiring_inside_the_cache_window(gw):
     t = gw.token(PLAIN_USER, expires_in_ms=3000)
     expires_at = time.time() + 3.0
     gw.auth.fault("ignore_expiry")
-    expect_gw(config_rpc(gw.gateway.target, bearer(t)), "OK")
+    expect(config_rpc(gw.gateway.target, bearer(t)), "OK")
     harness.wait_until(lambda: time.time() > expires_at + 0.2, 10, 0.1, "the token's expiry")
-    expect_gw(config_rpc(gw.gateway.target, bearer(t)), "UNAUTHENTICATED", "expired", secrets=[t])
+    expect(config_rpc(gw.gateway.target, bearer(t)), "UNAUTHENTICATED", "expired", secrets=[t])
     assert gw.pods["jane_doe"].alive()
 
 
@@ -116,6 +116,6 @@ def test_gateway_forward_token_off(gw, start_gateway):
     GATEWAY_FORWARD_TOKEN=false keeps it from the pod, whose plugin then finds none."""
     g = start_gateway("gateway-no-forward", {"GATEWAY_FORWARD_TOKEN": "false"})
     t = gw.t["alice"]
-    expect_gw(config_rpc(g.target, bearer(t)), "UNAUTHENTICATED", "missing KBase token", secrets=[t])
+    expect(config_rpc(g.target, bearer(t)), "UNAUTHENTICATED", "missing KBase token", secrets=[t])
     # The gateway admitted the call and the pod answered it.
     assert g.access_lines(user="alice", status="UNAUTHENTICATED")

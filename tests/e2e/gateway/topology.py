@@ -18,9 +18,6 @@ PLAIN_USER = "jane_doe"  # her pod has no interceptor
 PLAIN_LABEL = "jane-5fdoe"  # KubeSpawner's escaping of jane_doe, written out (not computed)
 NO_POD_USER = "erin"
 EXPECTED_ROWS = [(1, 1), (2, 4), (3, 9), (4, 16), (5, 25)]
-# hyper dates every response, the gateway's own denials included: the one header they carry
-# besides the status (harness.expect's proxy_keys).
-GATEWAY_KEYS = ("date",)
 
 
 def pod_host(label: str) -> str:
@@ -168,7 +165,3 @@ def wait_live_streams(gateway, at_least: int = 1, timeout: float = 60.0) -> None
     harness.wait_until(lambda: gateway.metrics().value("kbase_gateway_live_streams") >= at_least,
                        timeout, 0.1, f"{at_least} live stream(s) through {gateway.name}")
 
-
-def expect_gw(outcome, code: str, *phrases: str, secrets=()):
-    """harness.expect for calls through a gateway."""
-    return harness.expect(outcome, code, *phrases, secrets=secrets, proxy_keys=GATEWAY_KEYS)
