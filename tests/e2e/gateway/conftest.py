@@ -14,6 +14,8 @@ package's last test is done, before the rest of the suite starts its own servers
   ``--resolve HOST:15002=127.0.0.1:PORT`` per pod. Tests that need another configuration start
   their own gateway in front of the same pods (``start_gateway``): a gateway starts in
   milliseconds, a pod in ten seconds.
+
+The matrix subset uses alice's pod only, and a run of it starts no other (``pods_needed``).
 """
 
 from __future__ import annotations

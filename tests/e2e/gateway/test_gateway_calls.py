@@ -118,9 +118,13 @@ def test_gateway_get_status(gw):
         from pyspark.sql.connect.proto import base_pb2
 
         assert small_query(spark) == EXPECTED_ROWS
-        statuses = spark.client._get_operation_statuses().operation_statuses
         succeeded = base_pb2.GetStatusResponse.OperationStatus.OPERATION_STATE_SUCCEEDED
-        assert any(s.state == succeeded for s in statuses), statuses
+
+        def query_succeeded():  # TERMINATING until the client's ReleaseExecute reaches the pod
+            statuses = spark.client._get_operation_statuses().operation_statuses
+            return any(s.state == succeeded for s in statuses)
+
+        harness.wait_until(query_succeeded, 15, 0.2, "GetStatus to report the query SUCCEEDED")
     finally:
         spark.stop()
     assert gw.gateway.access_lines(user="alice", method=SERVICE + "GetStatus", status="OK")
