@@ -556,7 +556,36 @@ logger.connections.level = warn
 """
 
 
-class SparkServer:
+class Service:
+    """A Spark Connect endpoint on 127.0.0.1:``port`` (a server, or the gateway) that the harness
+    runs as a :class:`ManagedProcess` (``proc``) logging to ``log_path``."""
+
+    proc: Optional[ManagedProcess] = None
+    log_path: Path
+    port: int = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, host: str = "localhost", **params) -> str:
+        extra = "".join(f";{k}={v}" for k, v in params.items())
+        return f"sc://{host}:{self.port}/{extra}"
+
+    def wait_exit(self, timeout: float) -> Optional[int]:
+        return self.proc.wait_exit(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class SparkServer(Service):
     """A Spark Connect 4.0 server started with spark-submit, our jar on --jars.
 
     Deployment tests set ``argv_prefix`` (e.g. setpriv), ``log4j_extra`` (more log4j2 lines) and
@@ -581,14 +610,6 @@ class SparkServer:
         self.port = 0
         self.proc: Optional[ManagedProcess] = None
         self.log_path = self.dir / "spark.log"
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def url(self, host: str = "localhost", **params) -> str:
-        extra = "".join(f";{k}={v}" for k, v in params.items())
-        return f"sc://{host}:{self.port}/{extra}"
 
     def _write_conf(self) -> None:
         conf = {
@@ -654,18 +675,6 @@ class SparkServer:
         except TimeoutError as e:
             raise TimeoutError(f"{e}\n--- last log lines ({self.log_path}):\n{tail(self.log_path)}")
         return self
-
-    def wait_exit(self, timeout: float) -> Optional[int]:
-        return self.proc.wait_exit(timeout)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.alive()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def stop(self) -> None:
         if self.proc:
@@ -874,7 +883,7 @@ def gateway_env(env: dict) -> dict:
     return out
 
 
-class Gateway:
+class Gateway(Service):
     """The gateway binary (kbase-spark-gateway) on 127.0.0.1, configured like a Deployment by
     environment variables (``env``) and flags (``args``). Its gRPC and admin ports are chosen at
     the first start and kept across restarts; every start appends to the same log."""
@@ -889,14 +898,6 @@ class Gateway:
         self.admin_port = 0
         self.log_path = self.dir / "gateway.log"
         self.proc: Optional[ManagedProcess] = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def url(self, host: str = "localhost", **params) -> str:
-        extra = "".join(f";{k}={v}" for k, v in params.items())
-        return f"sc://{host}:{self.port}/{extra}"
 
     def start(self, timeout: float = 30.0) -> "Gateway":
         """Starts the gateway (again, after it stopped) and waits until /readyz answers 200."""
@@ -935,18 +936,6 @@ class Gateway:
     def signal(self, sig: int) -> None:
         """Sends ``sig`` to the gateway's process group (the `timeout` wrapper passes TERM on)."""
         os.killpg(self.proc.pid, sig)
-
-    def wait_exit(self, timeout: float) -> Optional[int]:
-        return self.proc.wait_exit(timeout)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.alive()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def access_lines(self, **match) -> list:
         """The access lines of the log (one per call) as dicts, those whose fields equal ``match``."""

@@ -55,8 +55,9 @@ SERIES = [
     "kbase_gateway_calls_total", "kbase_gateway_refusals_total", "kbase_gateway_pod_connections",
     "kbase_gateway_pod_dials_total", "kbase_gateway_pod_dial_failures_total", "kbase_gateway_live_streams",
     "kbase_gateway_request_bytes_total", "kbase_gateway_response_bytes_total", "kbase_gateway_auth_decisions_total",
-    "kbase_gateway_auth2_requests_total", "kbase_gateway_token_cache_hits_total",
-    "kbase_gateway_token_cache_misses_total",
+    "kbase_gateway_auth2_requests_total", "kbase_gateway_auth2_failures_total", "kbase_gateway_auth2_fail_fast_total",
+    "kbase_gateway_token_cache_hits_total", "kbase_gateway_token_cache_misses_total",
+    "kbase_gateway_token_refreshes_total", "kbase_gateway_stale_allows_total",
 ]
 
 
@@ -83,6 +84,7 @@ def test_gateway_metrics_present_and_moving(gw, tokens):
     assert grew("kbase_gateway_calls_total", method="/spark.connect.SparkConnectService/ExecutePlan", status="OK")
     assert grew("kbase_gateway_calls_total", status="UNAUTHENTICATED")
     assert grew("kbase_gateway_refusals_total", reason="pod_unavailable")
+    assert after.value("kbase_gateway_pod_dial_failures_total") >= 1  # erin's pod, refused
     assert grew("kbase_gateway_auth_decisions_total", decision="allowed")
     assert after.value("kbase_gateway_auth_decisions_total") - before.value("kbase_gateway_auth_decisions_total") \
         > after.value("kbase_gateway_auth_decisions_total", decision="allowed") \

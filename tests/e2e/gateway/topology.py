@@ -40,12 +40,13 @@ def python_proxy_env(auth_url: str) -> dict:
 
 
 # The gateway's own settings for tests: many new tokens in quick succession (the budget has its
-# own tests in the core), Auth2 faults that end quickly.
+# own tests in the core), Auth2 faults that end quickly, a dead pod known dead for a whole test.
 TEST_SETTINGS = {
     "GATEWAY_NEW_TOKENS_PER_SECOND": "1000",
     "GATEWAY_NEW_TOKENS_BURST": "1000",
     "GATEWAY_AUTH_REQUEST_TIMEOUT": "2s",
     "GATEWAY_FAIL_FAST_COOLDOWN": "1s",
+    "GATEWAY_POD_RETRY_BACKOFF": "30s",
     "GATEWAY_DRAIN_SECONDS": "5",
 }
 
