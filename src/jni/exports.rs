@@ -47,9 +47,9 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_destroy<'l>(
     .resolve::<ThrowToJava>()
 }
 
-/// `int authorize(long handle, byte[] authorization, byte[][] moreAuthorization,
-/// byte[] kbaseToken, byte[][] moreKbaseTokens, String peer)`: the header values as gRPC's
-/// transport received them. Returns `1..=16` for a denial (that gRPC status code; see
+/// `int authorize(long handle, byte[] authorization, int authorizationLength,
+/// byte[][] moreAuthorization, byte[] kbaseToken, int kbaseTokenLength, byte[][] moreKbaseTokens,
+/// String peer)`: the header values as gRPC's transport received them, with their lengths. Returns `1..=16` for a denial (that gRPC status code; see
 /// `denialMessage`, `lastLogLines`), or `<= 0` for an allow: `-(2 * (user + 1) + warning)`, where
 /// `user + 1` is 0 for a token-less call from a trusted address and else the verified user's
 /// number (`userName`) plus one, and `warning` is 1 when a WARN line waits in `lastLogLines`
@@ -61,8 +61,10 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_authorize(
     _class: jni::sys::jclass,
     handle: jlong,
     authorization: jbyteArray,
+    authorization_len: jint,
     more_authorization: jobjectArray,
     kbase_token: jbyteArray,
+    kbase_token_len: jint,
     more_kbase_tokens: jobjectArray,
     peer: jstring,
 ) -> jint {
@@ -70,7 +72,8 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_authorize(
         // Safety: called by the JVM as a native method, with this thread's env and live
         // arguments; the shim passes a live handle.
         let auth = unsafe { handle::handle_ref(handle)? };
-        let metadata = ((authorization, more_authorization), (kbase_token, more_kbase_tokens));
+        let metadata =
+            ((authorization, authorization_len, more_authorization), (kbase_token, kbase_token_len, more_kbase_tokens));
         Ok(unsafe { strings::with_metadata(env, metadata.0, metadata.1, peer, |a, k, p| auth.authorize(a, k, p)) })
     })
 }

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 use jni::objects::{JLongArray, JObjectArray, JString};
 use jni::strings::JNIStr;
-use jni::sys::{self, jbyteArray, jobjectArray, jstring};
+use jni::sys::{self, jbyteArray, jint, jobjectArray, jstring};
 use jni::Env;
 
 use super::errors::BridgeError;
@@ -32,16 +32,16 @@ const PEER_BUF: usize = 160;
 /// null, as the JVM guarantees for a native method's arguments.
 pub unsafe fn with_metadata<R>(
     env: *mut sys::JNIEnv,
-    (authorization, more_authorization): (jbyteArray, jobjectArray),
-    (kbase_token, more_kbase_tokens): (jbyteArray, jobjectArray),
+    (authorization, authorization_len, more_authorization): (jbyteArray, jint, jobjectArray),
+    (kbase_token, kbase_token_len, more_kbase_tokens): (jbyteArray, jint, jobjectArray),
     peer: jstring,
     f: impl FnOnce(&[&str], &[&str], Option<&str>) -> R,
 ) -> R {
     let mut a_buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
     let mut k_buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
     let mut p_buf = MaybeUninit::<[u8; PEER_BUF]>::uninit();
-    let a = unsafe { read_jbytes(env, authorization, &mut a_buf) };
-    let k = unsafe { read_jbytes(env, kbase_token, &mut k_buf) };
+    let a = unsafe { read_jbytes(env, authorization, authorization_len, &mut a_buf) };
+    let k = unsafe { read_jbytes(env, kbase_token, kbase_token_len, &mut k_buf) };
     let p = unsafe { read_jstring(env, peer, &mut p_buf) };
     let a_more = unsafe { read_bytes_array(env, more_authorization) };
     let k_more = unsafe { read_bytes_array(env, more_kbase_tokens) };
@@ -72,27 +72,33 @@ impl<'a> Values<'a> {
     }
 }
 
-/// A Java `byte[]` (a header value as received) as text: copied into `buf` with
-/// `GetByteArrayRegion`, which needs no release call and allocates nothing in the JVM. Bytes
-/// that are not UTF-8 become NUL, so that the token checks refuse the value (a control
-/// character) instead of asking Auth2 about a guess. `buf` is uninitialised stack: zeroing
-/// kilobytes per call would cost more than the whole cache hit.
+/// The first `len` bytes of a Java `byte[]` (a header value as received; the shim passes its
+/// length, which saves asking the JVM) as text: copied into `buf` with `GetByteArrayRegion`,
+/// which needs no release call and allocates nothing in the JVM. Bytes that are not UTF-8
+/// become NUL, so that the token checks refuse the value (a control character) instead of
+/// asking Auth2 about a guess. `buf` is uninitialised stack (zeroing kilobytes per call would
+/// cost more than the whole cache hit); only the `len` bytes read are zeroed first, so that a
+/// `len` past the array's end (the copy then fails with an exception pending, which Java throws
+/// on return) reads zeros, not garbage.
 unsafe fn read_jbytes<'b, const N: usize>(
     env: *mut sys::JNIEnv,
     bytes: jbyteArray,
+    len: jint,
     buf: &'b mut MaybeUninit<[u8; N]>,
 ) -> Option<Cow<'b, str>> {
     if bytes.is_null() {
         return None;
     }
     let interface = unsafe { &**env };
-    let len = unsafe { (interface.v1_1.GetArrayLength)(env, bytes) }.max(0);
+    let len = len.max(0);
     let region = |dest: *mut u8| unsafe { (interface.v1_1.GetByteArrayRegion)(env, bytes, 0, len, dest.cast()) };
     let text = |b: &[u8]| String::from_utf8_lossy(b).replace(char::REPLACEMENT_CHARACTER, "\0");
     if (len as usize) <= N {
         let ptr = buf.as_mut_ptr().cast::<u8>();
+        // Safety: `len` <= N bytes within the buffer.
+        unsafe { ptr.write_bytes(0, len as usize) };
         region(ptr);
-        // Safety: the JVM wrote exactly `len` bytes at `ptr`, within the buffer.
+        // Safety: initialised just above (and by the JVM), within the buffer.
         let head = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
         return Some(match std::str::from_utf8(head) {
             Ok(s) => Cow::Borrowed(s),
@@ -149,7 +155,8 @@ unsafe fn read_bytes_array(env: *mut sys::JNIEnv, array: jobjectArray) -> Vec<St
     let mut buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
     for i in 0..len {
         let element = unsafe { (interface.v1_1.GetObjectArrayElement)(env, array, i) };
-        if let Some(text) = unsafe { read_jbytes(env, element, &mut buf) } {
+        let element_len = if element.is_null() { 0 } else { unsafe { (interface.v1_1.GetArrayLength)(env, element) } };
+        if let Some(text) = unsafe { read_jbytes(env, element, element_len, &mut buf) } {
             out.push(text.into_owned());
         }
         if !element.is_null() {

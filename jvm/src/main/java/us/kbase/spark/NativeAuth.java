@@ -74,8 +74,9 @@ final class NativeAuth {
     /**
      * Decides one call. Never throws: a native error or panic comes back as {@link #INTERNAL}.
      * The header values are the bytes gRPC's transport received (no {@code String} is made for
-     * them). gRPC metadata may repeat a key: the first value of each key comes alone, any further
-     * values as an array (null, and nothing allocated, in the usual single-valued call).
+     * them), each first value with its length (saving the native side a call back into the JVM).
+     * gRPC metadata may repeat a key: the first value of each key comes alone, any further values
+     * as an array (null, and nothing allocated, in the usual single-valued call).
      *
      * <p>The result: {@code 1..16} denies with that gRPC status code ({@link #denialMessage},
      * {@link #lastLogLines}); {@code <= 0} allows, encoded as {@code -(2 * (user + 1) + warning)}:
@@ -83,15 +84,25 @@ final class NativeAuth {
      * call from a trusted address, {@code -2} verified user number 0, {@code -3} the same with a
      * warning to log, {@code -4} user number 1, and so on.
      *
-     * @param authorization     the first {@code authorization} metadata value, or null
-     * @param moreAuthorization further {@code authorization} values, or null
-     * @param kbaseToken        the first {@code x-kbase-token} metadata value, or null
-     * @param moreKbaseTokens   further {@code x-kbase-token} values, or null
+     * @param authorization       the first {@code authorization} metadata value, or null
+     * @param authorizationLength its length ({@code authorization.length}; 0 for null)
+     * @param moreAuthorization   further {@code authorization} values, or null
+     * @param kbaseToken          the first {@code x-kbase-token} metadata value, or null
+     * @param kbaseTokenLength    its length
+     * @param moreKbaseTokens     further {@code x-kbase-token} values, or null
      * @param peerAddress       the remote IP address, or null (only needed when
      *                          {@link #wantsPeerAddress} is true)
      */
-    static native int authorize(long handle, byte[] authorization, byte[][] moreAuthorization, byte[] kbaseToken,
-            byte[][] moreKbaseTokens, String peerAddress);
+    static native int authorize(long handle, byte[] authorization, int authorizationLength,
+            byte[][] moreAuthorization, byte[] kbaseToken, int kbaseTokenLength, byte[][] moreKbaseTokens,
+            String peerAddress);
+
+    /** {@link #authorize} for values without their lengths. */
+    static int authorize(long handle, byte[] authorization, byte[][] moreAuthorization, byte[] kbaseToken,
+            byte[][] moreKbaseTokens, String peerAddress) {
+        return authorize(handle, authorization, authorization == null ? 0 : authorization.length, moreAuthorization,
+                kbaseToken, kbaseToken == null ? 0 : kbaseToken.length, moreKbaseTokens, peerAddress);
+    }
 
     /** Whether a status from {@link #authorize} allows the call. */
     static boolean allowed(int status) {
