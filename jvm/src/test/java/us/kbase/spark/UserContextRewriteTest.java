@@ -33,7 +33,6 @@ import org.apache.spark.connect.proto.Relation;
 import org.apache.spark.connect.proto.ReleaseExecuteRequest;
 import org.apache.spark.connect.proto.ReleaseSessionRequest;
 import org.apache.spark.connect.proto.UserContext;
-import org.junit.AfterClass;
 import org.junit.BeforeClass;
 import org.junit.Test;
 import org.sparkproject.connect.grpc.Metadata;
@@ -70,23 +69,15 @@ public class UserContextRewriteTest {
             FetchErrorDetailsRequest.class, InterruptRequest.class, ReattachExecuteRequest.class,
             ReleaseExecuteRequest.class, ReleaseSessionRequest.class);
 
-    private static FakeAuth2 fake;
-    private static String alice;
-    private static String bob;
+    private static final FakeAuth2 fake = FakeAuth2.shared();
+    private static final String alice = Tokens.newToken();
+    private static final String bob = Tokens.newToken();
 
     @BeforeClass
-    public static void startFake() throws Exception {
+    public static void registerTokens() throws Exception {
         NativeAuth.load();
-        fake = FakeAuth2.start();
-        alice = Tokens.newToken();
-        bob = Tokens.newToken();
         fake.addToken(alice, "alice");
         fake.addToken(bob, "bob");
-    }
-
-    @AfterClass
-    public static void stopFake() {
-        fake.close();
     }
 
     /** An interceptor for owner alice (bob allowed too) with {@code userContext=mode} (null: unset). */
