@@ -464,14 +464,18 @@ def close_channels() -> None:
 RAW_SESSION_ID = str(uuid.uuid4())
 
 
-def config_request(session_id: Optional[str] = None, user_id: str = "e2e"):
+def config_request(session_id: Optional[str] = None, user_id: Optional[str] = "e2e"):
+    """A ConfigRequest; ``user_id=None`` leaves the user context out, as pyspark does when it
+    finds no SPARK_USER or USER."""
     from pyspark.sql.connect.proto import base_pb2
 
-    return base_pb2.ConfigRequest(
+    request = base_pb2.ConfigRequest(
         session_id=session_id or RAW_SESSION_ID,
-        user_context=base_pb2.UserContext(user_id=user_id),
         operation=base_pb2.ConfigRequest.Operation(get_all=base_pb2.ConfigRequest.GetAll()),
     )
+    if user_id is not None:
+        request.user_context.user_id = user_id
+    return request
 
 
 def _stub(target: str, root_cert: Optional[bytes]):
@@ -482,7 +486,7 @@ def _stub(target: str, root_cert: Optional[bytes]):
 
 def config_rpc(target: str, metadata: Sequence[tuple] = (), timeout: float = 20.0,
                root_cert: Optional[bytes] = None, session_id: Optional[str] = None,
-               user_id: str = "e2e") -> Outcome:
+               user_id: Optional[str] = "e2e") -> Outcome:
     """One raw ``Config`` RPC with ``metadata``; returns the status, never raises RpcError."""
     import grpc
 
