@@ -2,11 +2,11 @@
 # The project's test command. Steps, each failing fast with a clear message:
 #   1. scripts/setup.sh --matrix             (Debian packages, Java 17, cargo, .venv, matrix venvs)
 #   2. cargo test --workspace                (Rust unit + integration + doc tests)
-#   3. cargo build --release -p fake-auth2   (the fake Auth2 the JVM and e2e tests start)
+#   3. cargo build --release -p fake-auth2, then -p kbase-spark-gateway (both started by e2e tests)
 #   4. gradle build                          (jar with the .so, the gateway binaries, JUnit tests,
 #                                             smoke tests), then pytest tests/scripts (the build
 #                                             scripts' logic; docker/ against the built gateway)
-#   5. pytest tests/e2e                      (real Spark Connect 4.0.0 + pyspark + nginx TLS)
+#   5. pytest tests/e2e                      (real Spark Connect 4.0.0 + pyspark + nginx TLS + gateway)
 #   6. pytest -m matrix tests/e2e, once per Spark version of the matrix (default 4.1.4 4.2.1
 #      4.3.0; KBASE_SPARK_MATRIX="4.3.0" chooses): the same jar, that version's server and client
 # The end-to-end runs (5, 6) all run even when one fails; the command fails if any did.
@@ -91,6 +91,8 @@ if [ $e2e_only -eq 0 ]; then
   step "cargo test" cargo test --workspace
 fi
 step "fake-auth2 (release)" cargo build --release -p fake-auth2 --bin fake-auth2
+gateway_bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/kbase-spark-gateway"
+step "gateway (release)" cargo build --release -p kbase-spark-gateway --bin kbase-spark-gateway
 if [ $e2e_only -eq 0 ]; then
   step "gradle build" gradle "${gradle_args[@]}" build
   step "script tests" "$PY" -m pytest "$REPO_ROOT/tests/scripts" -v
@@ -122,7 +124,7 @@ else
     log "[$label] $venv/bin/python -m pytest tests/e2e -m '$markers' ${pytest_extra[*]}"
     home="$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" \
       || die "no pyspark in $venv (run scripts/setup.sh --matrix)"
-    KBASE_E2E_JAR="$jar" KBASE_E2E_FAKE_AUTH2="$fake_bin" SPARK_HOME="$home" \
+    KBASE_E2E_JAR="$jar" KBASE_E2E_FAKE_AUTH2="$fake_bin" KBASE_E2E_GATEWAY="$gateway_bin" SPARK_HOME="$home" \
       KBASE_E2E_SPARK_VERSION="$version" \
       "$venv/bin/python" -m pytest "$REPO_ROOT/tests/e2e" -v --durations=15 -m "$markers" \
       "${pytest_extra[@]}" || rc=$?

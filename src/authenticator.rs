@@ -22,7 +22,7 @@ use crate::denial_log::DenialLog;
 use crate::flight::{Flight, Flights, Role};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::policy::Policy;
-use crate::settings::{ConfigError, Settings};
+use crate::settings::{ConfigError, Settings, KEY_USER_CONTEXT};
 use crate::token::{self, Token, TokenError, TokenKey};
 use crate::users::{UserId, Users};
 use crate::{runtime, startup};
@@ -146,6 +146,21 @@ impl Authenticator {
     /// The name behind a verified user's number (see [`crate::users`]).
     pub fn user_name(&self, id: UserId) -> Option<Arc<str>> {
         self.inner.users.name(id)
+    }
+
+    /// The refusal of a request message whose `user_context.user_id` is `claimed` although the
+    /// call's token proved `user` (`userContext=require`), counted and rate-limit logged like
+    /// every denial. The call itself was admitted (and counted as allowed) before its messages
+    /// arrived; this counts the refused message.
+    pub fn refuse_user_context(&self, user: UserId, claimed: &str) -> Denial {
+        let inner = &self.inner;
+        let mut denial = match inner.users.name(user) {
+            Some(name) => Denial::new(Reason::UserContextMismatch, user_context_mismatch(&name, claimed)),
+            None => internal_error(format!("user number {} was never handed out", user.0)),
+        };
+        inner.metrics.decided(Some(denial.reason), false);
+        denial.log = inner.denial_log.admit(denial.reason, inner.clock.now().map_or(0, |n| n.mono_ms));
+        denial
     }
 
     /// Decides one call from every value of its `authorization` and `x-kbase-token` metadata
@@ -533,6 +548,24 @@ fn denial_of(e: &Entry, now: Now) -> Denial {
         Outcome::Deny(d) => (**d).clone(),
         Outcome::Allow(_) => internal_error("an unexpired allow judged as a denial"),
     }
+}
+
+/// What a client whose `user_id` is not its KBase user must change. The claimed value is only
+/// repeated when it looks like a user name: it is the client's own text, and could be anything.
+fn user_context_mismatch(user: &str, claimed: &str) -> String {
+    let looks_like_a_name = claimed.len() <= 100
+        && claimed.starts_with(|c: char| c.is_ascii_lowercase())
+        && claimed.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let what = match claimed {
+        "" => "an empty user_id".to_owned(),
+        _ if looks_like_a_name => format!("user_id '{claimed}'"),
+        _ => format!("a user_id of {} characters", claimed.chars().count()),
+    };
+    format!(
+        "the request carries {what}, but its KBase token belongs to '{user}' ({KEY_USER_CONTEXT}=require): \
+         connect as '{user}', e.g. sc://HOST:PORT/;user_id={user};... in the URL, or SPARK_USER={user} in the \
+         pyspark client's environment"
+    )
 }
 
 fn unavailable(detail: &str) -> Denial {

@@ -42,10 +42,12 @@ pub enum Reason {
     /// A new token while the new-token budget is spent (Auth2 not asked).
     TooManyNewTokens,
     Internal,
+    /// A request message naming another `user_id` than the verified user (`userContext=require`).
+    UserContextMismatch,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::Ambiguous,
@@ -57,6 +59,7 @@ impl Reason {
         Reason::Unavailable,
         Reason::TooManyNewTokens,
         Reason::Internal,
+        Reason::UserContextMismatch,
     ];
 
     pub fn code(self) -> Code {
@@ -64,7 +67,9 @@ impl Reason {
             Reason::Missing | Reason::Malformed | Reason::Ambiguous | Reason::Invalid | Reason::Expired => {
                 Code::Unauthenticated
             }
-            Reason::NotAllowed | Reason::MfaRequired | Reason::RoleMissing => Code::PermissionDenied,
+            Reason::NotAllowed | Reason::MfaRequired | Reason::RoleMissing | Reason::UserContextMismatch => {
+                Code::PermissionDenied
+            }
             Reason::Unavailable | Reason::TooManyNewTokens => Code::Unavailable,
             Reason::Internal => Code::Internal,
         }
@@ -83,6 +88,7 @@ impl Reason {
             Reason::Unavailable => "auth_unavailable",
             Reason::TooManyNewTokens => "too_many_new_tokens",
             Reason::Internal => "internal_error",
+            Reason::UserContextMismatch => "user_context_mismatch",
         }
     }
 
@@ -192,6 +198,7 @@ mod tests {
         assert_eq!(Reason::Unavailable.code(), Code::Unavailable);
         assert_eq!(Reason::TooManyNewTokens.code(), Code::Unavailable);
         assert_eq!(Reason::Internal.code(), Code::Internal);
+        assert_eq!(Reason::UserContextMismatch.code(), Code::PermissionDenied);
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }

@@ -34,6 +34,7 @@ pub const KEY_REFRESH_AHEAD: &str = "spark.kbase.auth.cache.refreshAhead";
 pub const KEY_STALE_IF_ERROR: &str = "spark.kbase.auth.cache.staleIfError";
 pub const KEY_NEW_TOKENS_PER_SECOND: &str = "spark.kbase.auth.newTokens.perSecond";
 pub const KEY_NEW_TOKENS_BURST: &str = "spark.kbase.auth.newTokens.burst";
+pub const KEY_USER_CONTEXT: &str = "spark.kbase.auth.userContext";
 
 pub const ENV_URL: &str = "KBASE_AUTH_URL";
 pub const ENV_USER: &str = "USER";
@@ -65,6 +66,7 @@ const KNOWN_KEYS: &[&str] = &[
     KEY_STALE_IF_ERROR,
     KEY_NEW_TOKENS_PER_SECOND,
     KEY_NEW_TOKENS_BURST,
+    KEY_USER_CONTEXT,
 ];
 
 pub const DEFAULT_URL: &str = "https://kbase.us/services/auth/";
@@ -125,6 +127,8 @@ pub struct Settings {
     pub stale_if_error: Duration,
     pub new_tokens_per_second: u32,
     pub new_tokens_burst: u32,
+    /// What Spark is told about the caller: the `user_context` of each request message.
+    pub user_context: UserContextMode,
     /// What else the JVM told us, for start-up warnings only.
     pub context: StartupContext,
 }
@@ -136,6 +140,39 @@ pub struct StartupContext {
     pub interceptors: Vec<String>,
     /// The JVM's `user.name`.
     pub jvm_user: Option<String>,
+}
+
+/// What the plugin does with the `user_context` that every Spark Connect request carries: the
+/// client writes its `user_id` itself (pyspark: `SPARK_USER`/`USER` of the client's machine, or
+/// `;user_id=` in the URL), and Spark keys sessions by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserContextMode {
+    /// `user_id` and `user_name` become the verified KBase user before Spark reads them.
+    Rewrite,
+    /// A `user_id` that is not exactly the verified user is refused (PERMISSION_DENIED).
+    Require,
+    /// Passed on as the client wrote it.
+    Off,
+}
+
+impl UserContextMode {
+    pub const ALL: [UserContextMode; 3] = [UserContextMode::Rewrite, UserContextMode::Require, UserContextMode::Off];
+
+    /// The setting's value, as written in `spark-defaults.conf`.
+    pub fn name(self) -> &'static str {
+        match self {
+            UserContextMode::Rewrite => "rewrite",
+            UserContextMode::Require => "require",
+            UserContextMode::Off => "off",
+        }
+    }
+
+    fn parse(raw: Option<&str>, default: UserContextMode) -> Result<UserContextMode, ConfigError> {
+        let Some(raw) = raw else { return Ok(default) };
+        UserContextMode::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(raw)).ok_or_else(|| {
+            invalid(KEY_USER_CONTEXT, format!("'{raw}' is not one of rewrite (the default), require or off"))
+        })
+    }
 }
 
 impl Settings {
@@ -215,6 +252,7 @@ impl Settings {
             )? as u32,
             new_tokens_burst: parse_int(KEY_NEW_TOKENS_BURST, get(KEY_NEW_TOKENS_BURST), d.new_tokens_burst.into(), 1)?
                 as u32,
+            user_context: UserContextMode::parse(get(KEY_USER_CONTEXT), d.user_context)?,
             context: StartupContext {
                 interceptors: split_list(get(KEY_INTERCEPTORS)),
                 jvm_user: get(KEY_JVM_USER).map(str::to_owned),
@@ -252,6 +290,7 @@ impl Settings {
             stale_if_error: Duration::ZERO,
             new_tokens_per_second: 10,
             new_tokens_burst: 20,
+            user_context: UserContextMode::Rewrite,
             context: StartupContext::default(),
         }
     }
@@ -286,7 +325,7 @@ impl fmt::Debug for Settings {
              cache.maxEntries={} cache.maxTtl={:?} cache.invalidTtl={:?} cache.refreshAhead={:?} \
              cache.staleIfError={:?} connectTimeout={:?} requestTimeout={:?} caBundle={} trustedAddresses={} \
              failFast.threshold={} failFast.cooldown={:?} maxConcurrentRequests={} newTokens.perSecond={} \
-             newTokens.burst={}",
+             newTokens.burst={} userContext={}",
             self.auth_url,
             self.require_mfa,
             list(&self.mfa_exempt_users),
@@ -305,6 +344,7 @@ impl fmt::Debug for Settings {
             self.max_concurrent_requests,
             self.new_tokens_per_second,
             self.new_tokens_burst,
+            self.user_context.name(),
         )
     }
 }
@@ -511,6 +551,8 @@ mod tests {
             (KEY_TRUSTED_ADDRESSES, "localhost"),
             (KEY_CA_BUNDLE, "/nonexistent/ca.pem"),
             (KEY_OWNER, "two words"),
+            (KEY_USER_CONTEXT, "on"),
+            (KEY_USER_CONTEXT, "rewrite,require"),
         ];
         for (key, value) in cases {
             let err = Settings::from_map(&map(&[("USER", "alice"), (key, value)])).unwrap_err();
@@ -537,6 +579,23 @@ mod tests {
         assert!(err.to_string().contains("spark.kbase.auth.ower"));
         // Keys outside our prefix are not ours to judge.
         assert!(Settings::from_map(&map(&[("USER", "a"), ("spark.other", "x")])).is_ok());
+    }
+
+    #[test]
+    fn user_context_mode() {
+        let mode = |v: Option<&str>| {
+            let mut pairs = vec![("USER", "alice")];
+            pairs.extend(v.map(|v| (KEY_USER_CONTEXT, v)));
+            Settings::from_map(&map(&pairs)).map(|s| s.user_context)
+        };
+        assert_eq!(mode(None), Ok(UserContextMode::Rewrite), "rewrite is the default");
+        assert_eq!(mode(Some("  ")), Ok(UserContextMode::Rewrite), "blank counts as unset");
+        assert_eq!(mode(Some("require")), Ok(UserContextMode::Require));
+        assert_eq!(mode(Some("Off")), Ok(UserContextMode::Off));
+        let err = mode(Some("yes")).unwrap_err().to_string();
+        assert!(err.starts_with(KEY_USER_CONTEXT) && err.contains("rewrite") && err.contains("off"), "{err}");
+        let line = format!("{:?}", Settings::from_map(&map(&[("USER", "a"), (KEY_USER_CONTEXT, "require")])).unwrap());
+        assert!(line.ends_with("userContext=require"), "{line}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn expected() -> Vec<Expected> {
         ("spark.kbase.auth.failFast.cooldown", "`2s`", Box::new(|s| s.fail_fast_cooldown == Duration::from_secs(2))),
         ("spark.kbase.auth.maxConcurrentRequests", "`32`", Box::new(|s| s.max_concurrent_requests == 32)),
         ("spark.kbase.auth.trustedAddresses", "– (off)", Box::new(|s| s.trusted_addresses.is_empty())),
+        ("spark.kbase.auth.userContext", "`rewrite`", Box::new(|s| format!("{s:?}").ends_with(" userContext=rewrite"))),
     ]
 }
 
@@ -56,6 +57,7 @@ fn defaults_from_nothing_but_the_owner() {
         "failFast.threshold=5",
         "failFast.cooldown=2s",
         "maxConcurrentRequests=32",
+        "userContext=rewrite",
         "trustedAddresses=-",
     ] {
         assert!(line.contains(part), "start-up line lacks {part:?}: {line}");

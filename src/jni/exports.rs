@@ -5,7 +5,7 @@
 //! documented on the `native` method of the same name in `NativeAuth.java`.
 
 use jni::objects::{JClass, JLongArray, JObject, JObjectArray, JString};
-use jni::sys::{jboolean, jint, jlong, jobjectArray, jstring};
+use jni::sys::{jboolean, jbyteArray, jint, jlong, jobjectArray, jstring};
 use jni::EnvUnowned;
 
 use super::errors::{guarded_status, BridgeError, ThrowToJava};
@@ -13,6 +13,8 @@ use super::handle::{self, Recorded};
 use super::strings;
 use crate::authenticator::MSG_INTERNAL;
 use crate::metrics::METRIC_NAMES;
+use crate::settings::UserContextMode;
+use crate::users::UserId;
 use crate::Authenticator;
 
 /// `long create(String[] keysAndValues)`: a new authenticator; its handle is freed by `destroy`.
@@ -45,19 +47,24 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_destroy<'l>(
     .resolve::<ThrowToJava>()
 }
 
-/// `int authorize(long handle, String authorization, String[] moreAuthorization,
-/// String kbaseToken, String[] moreKbaseTokens, String peer)`: 0 = allow, -1 = allow and log
-/// `lastLogLines()` at WARN, else the gRPC status code of the denial (`denialMessage`,
-/// `lastLogLines`). Never throws: errors and panics become INTERNAL (13). The hot path, so it
-/// takes raw JNI types (see [`strings::with_metadata`]).
+/// `int authorize(long handle, byte[] authorization, int authorizationLength,
+/// byte[][] moreAuthorization, byte[] kbaseToken, int kbaseTokenLength, byte[][] moreKbaseTokens,
+/// String peer)`: the header values as gRPC's transport received them, with their lengths. Returns `1..=16` for a denial (that gRPC status code; see
+/// `denialMessage`, `lastLogLines`), or `<= 0` for an allow: `-(2 * (user + 1) + warning)`, where
+/// `user + 1` is 0 for a token-less call from a trusted address and else the verified user's
+/// number (`userName`) plus one, and `warning` is 1 when a WARN line waits in `lastLogLines`
+/// (the encoding is [`handle::record`]'s). Never throws: errors and panics become INTERNAL (13).
+/// The hot path, so it takes raw JNI types (see [`strings::with_metadata`]).
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_us_kbase_spark_NativeAuth_authorize(
     env: *mut jni::sys::JNIEnv,
     _class: jni::sys::jclass,
     handle: jlong,
-    authorization: jstring,
+    authorization: jbyteArray,
+    authorization_len: jint,
     more_authorization: jobjectArray,
-    kbase_token: jstring,
+    kbase_token: jbyteArray,
+    kbase_token_len: jint,
     more_kbase_tokens: jobjectArray,
     peer: jstring,
 ) -> jint {
@@ -65,9 +72,71 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_authorize(
         // Safety: called by the JVM as a native method, with this thread's env and live
         // arguments; the shim passes a live handle.
         let auth = unsafe { handle::handle_ref(handle)? };
-        let metadata = ((authorization, more_authorization), (kbase_token, more_kbase_tokens));
+        let metadata =
+            ((authorization, authorization_len, more_authorization), (kbase_token, kbase_token_len, more_kbase_tokens));
         Ok(unsafe { strings::with_metadata(env, metadata.0, metadata.1, peer, |a, k, p| auth.authorize(a, k, p)) })
     })
+}
+
+/// `int userContextMode(long handle)`: `spark.kbase.auth.userContext` as 0 off, 1 rewrite,
+/// 2 require (the shim reads it once).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_userContextMode<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+) -> jint {
+    env.with_env(|_| -> Result<jint, BridgeError> {
+        Ok(match unsafe { handle::handle_ref(handle)? }.settings().user_context {
+            UserContextMode::Off => 0,
+            UserContextMode::Rewrite => 1,
+            UserContextMode::Require => 2,
+        })
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `String userName(long handle, int user)`: the KBase user name behind a user number that
+/// `authorize` returned. Throws `IllegalStateException` for a number it never returned.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_userName<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    user: jint,
+) -> JString<'l> {
+    env.with_env(|env| {
+        let auth = unsafe { handle::handle_ref(handle)? };
+        let name = u32::try_from(user)
+            .ok()
+            .and_then(|u| auth.user_name(UserId(u)))
+            .ok_or(BridgeError::Usage("no such user number"))?;
+        strings::new_string(env, &name)
+    })
+    .resolve::<ThrowToJava>()
+}
+
+/// `int refuseUserContext(long handle, int user, String claimedUserId)`: records the refusal of
+/// a request message whose `user_context.user_id` is not the verified user `user`
+/// (`userContext=require`) like a denial of `authorize`, and returns its status (7); then
+/// `denialMessage` and `lastLogLines` describe it. Never throws: errors become INTERNAL (13).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_us_kbase_spark_NativeAuth_refuseUserContext<'l>(
+    mut env: EnvUnowned<'l>,
+    _class: JClass<'l>,
+    handle: jlong,
+    user: jint,
+    claimed: JString<'l>,
+) -> jint {
+    env.with_env(|env| -> Result<jint, BridgeError> {
+        Ok(guarded_status(|| {
+            let auth = unsafe { handle::handle_ref(handle)? };
+            let user = u32::try_from(user).map_err(|_| BridgeError::Usage("negative user number"))?;
+            let claimed = if claimed.is_null() { String::new() } else { claimed.try_to_string(env)? };
+            Ok(Err(auth.refuse_user_context(UserId(user), &claimed)))
+        }))
+    })
+    .resolve::<ThrowToJava>()
 }
 
 /// `String denialMessage()`: the status description of this thread's last denial.
@@ -86,7 +155,7 @@ pub extern "system" fn Java_us_kbase_spark_NativeAuth_denialMessage<'l>(
     .resolve::<ThrowToJava>()
 }
 
-/// `String[] lastLogLines()`: the server log lines of this thread's last non-zero `authorize`,
+/// `String[] lastLogLines()`: the server log lines of this thread's last denial or warned allow,
 /// or null when the denial log's rate limit suppressed them.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_us_kbase_spark_NativeAuth_lastLogLines<'l>(

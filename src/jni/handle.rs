@@ -1,17 +1,23 @@
 //! Authenticators cross the boundary as a `long` handle (a leaked `Box`, freed by `destroy`),
 //! and a call's details wait in a per-thread slot until the shim asks for them, so that the
 //! allow path returns a plain `int` and creates no Java object.
+//!
+//! The `int` of `authorize` (and of the other decisions the shim asks for):
+//!
+//! * `1..=16`: denied with that gRPC status code (`denialMessage`, `lastLogLines` say more);
+//! * `<= 0`: allowed, as `-(2 * (user + 1) + warning)`: `user + 1` is the verified user's number
+//!   plus one (0: no verified user, a token-less call from a trusted address) and `warning` is 1
+//!   when a WARN line waits in `lastLogLines`. So `0` is the token-less allow, `-2` user 0,
+//!   `-3` user 0 with a warning, `-4` user 1, and so on; `userName` gives a number's name.
 
 use std::cell::RefCell;
 
-use crate::authenticator::Allowed;
+use crate::authenticator::{internal_error, Allowed};
 use crate::decision::Denial;
+use crate::users::UserId;
 use crate::Authenticator;
 
 use super::errors::BridgeError;
-
-/// What `authorize` returns for an allowed call whose warning is waiting in [`last_outcome`].
-pub const ALLOW_WITH_WARNING: i32 = -1;
 
 /// The last non-quiet outcome on this thread: a denial, or an allow with a warning.
 pub enum Recorded {
@@ -23,21 +29,33 @@ thread_local! {
     static LAST: RefCell<Option<Recorded>> = const { RefCell::new(None) };
 }
 
-/// Records `outcome` for the shim and returns its status: 0 allow, -1 allow with a warning,
-/// else the gRPC status code of the denial.
+/// Records `outcome` for the shim and returns its status (see the module's documentation).
 pub fn record(outcome: Result<Allowed, Denial>) -> i32 {
     match outcome {
-        Ok(Allowed { warning: None, .. }) => 0,
-        Ok(Allowed { warning: Some(line), .. }) => {
-            LAST.with(|c| *c.borrow_mut() = Some(Recorded::Warned(line)));
-            ALLOW_WITH_WARNING
-        }
+        Ok(Allowed { user, warning }) => match allowed_status(user, warning.is_some()) {
+            Some(status) => {
+                if let Some(line) = warning {
+                    LAST.with(|c| *c.borrow_mut() = Some(Recorded::Warned(line)));
+                }
+                status
+            }
+            None => record(Err(internal_error(format!("user number {user:?} does not fit the status")))),
+        },
         Err(denial) => {
             let code = denial.code() as i32;
             LAST.with(|c| *c.borrow_mut() = Some(Recorded::Denied(denial)));
             code
         }
     }
+}
+
+/// `-(2 * (user + 1) + warning)`, if it fits an `i32`.
+fn allowed_status(user: Option<UserId>, warning: bool) -> Option<i32> {
+    let n = match user {
+        None => 0,
+        Some(UserId(u)) => i32::try_from(u).ok()?.checked_add(1)?,
+    };
+    Some(-(n.checked_mul(2)? + i32::from(warning)))
 }
 
 /// Reads this thread's last recorded outcome through `f`.
@@ -63,5 +81,24 @@ pub unsafe fn handle_ref<'a>(handle: i64) -> Result<&'a Authenticator, BridgeErr
 pub unsafe fn drop_handle(handle: i64) {
     if handle != 0 {
         drop(unsafe { Box::from_raw(handle as *mut Authenticator) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_statuses_are_never_denials_and_carry_the_user_and_the_warning() {
+        assert_eq!(allowed_status(None, false), Some(0));
+        assert_eq!(allowed_status(None, true), Some(-1));
+        assert_eq!(allowed_status(Some(UserId(0)), false), Some(-2));
+        assert_eq!(allowed_status(Some(UserId(0)), true), Some(-3));
+        assert_eq!(allowed_status(Some(UserId(7)), false), Some(-16));
+        let last = (i32::MAX / 2 - 1) as u32;
+        assert_eq!(allowed_status(Some(UserId(last)), true), Some(-i32::MAX));
+        assert_eq!(allowed_status(Some(UserId(last + 1)), false), None);
+        assert_eq!(allowed_status(Some(UserId(u32::MAX)), false), None);
+        assert_eq!(record(Ok(Allowed { user: Some(UserId(u32::MAX)), warning: None })), 13, "INTERNAL");
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! * [`exports`]: every `Java_us_kbase_spark_NativeAuth_*` function, and nothing else;
 //! * [`handle`]: an `Authenticator` crossing as a `long`, and the per-thread outcome of the
-//!   last call that the shim reads after a non-zero verdict;
+//!   last call that the shim reads after a denial or a warned allow;
 //! * [`errors`]: what an error or a panic inside an export turns into;
 //! * [`strings`]: Java strings and arrays in and out.
 //!

@@ -1,10 +1,11 @@
 //! Java strings and arrays in and out.
 //!
-//! The hot path (`authorize`) reads its metadata strings on raw JNI into stack buffers: the
-//! `jni` crate's `with_env` plus `mutf8_chars` cost ~150 ns per call (attach-guard bookkeeping,
-//! an `ExceptionCheck` before every JNI call, a malloc'd copy per string) — half the whole
-//! cache-hit decision. Here an ASCII header costs two JNI calls and a copy. Everything else
-//! (set-up, read-outs, denials) uses the `jni` crate.
+//! The hot path (`authorize`) reads its metadata on raw JNI into stack buffers: the `jni`
+//! crate's `with_env` plus `mutf8_chars` cost ~150 ns per call (attach-guard bookkeeping, an
+//! `ExceptionCheck` before every JNI call, a malloc'd copy per string) — half the whole cache-hit
+//! decision. The header values arrive as the bytes gRPC's transport received (no Java `String`
+//! is made for them): two JNI calls and a copy each. Everything else (set-up, read-outs,
+//! denials) uses the `jni` crate.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -12,38 +13,38 @@ use std::mem::MaybeUninit;
 
 use jni::objects::{JLongArray, JObjectArray, JString};
 use jni::strings::JNIStr;
-use jni::sys::{self, jobjectArray, jstring};
+use jni::sys::{self, jbyteArray, jint, jobjectArray, jstring};
 use jni::Env;
 
 use super::errors::BridgeError;
 
-/// Stack room for headers of up to 1365 characters (a real token is 32); longer ones go to the
-/// heap.
+/// Stack room for header values of up to 4 KiB (a real token is 32 bytes); longer ones go to
+/// the heap.
 const HEADER_BUF: usize = 4096;
 const PEER_BUF: usize = 160;
 
 /// Reads one call's metadata — the first value and any repeats of `authorization` and
-/// `x-kbase-token`, and the peer address (each may be null) — and hands it to `f` as slices.
-/// The usual single-valued call allocates nothing.
+/// `x-kbase-token` as bytes, and the peer address (each may be null) — and hands it to `f` as
+/// text. The usual single-valued call allocates nothing.
 ///
 /// # Safety
 /// `env` is the `JNIEnv` of the calling thread; the references are live local references or
 /// null, as the JVM guarantees for a native method's arguments.
 pub unsafe fn with_metadata<R>(
     env: *mut sys::JNIEnv,
-    (authorization, more_authorization): (jstring, jobjectArray),
-    (kbase_token, more_kbase_tokens): (jstring, jobjectArray),
+    (authorization, authorization_len, more_authorization): (jbyteArray, jint, jobjectArray),
+    (kbase_token, kbase_token_len, more_kbase_tokens): (jbyteArray, jint, jobjectArray),
     peer: jstring,
     f: impl FnOnce(&[&str], &[&str], Option<&str>) -> R,
 ) -> R {
     let mut a_buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
     let mut k_buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
     let mut p_buf = MaybeUninit::<[u8; PEER_BUF]>::uninit();
-    let a = unsafe { read_jstring(env, authorization, &mut a_buf) };
-    let k = unsafe { read_jstring(env, kbase_token, &mut k_buf) };
+    let a = unsafe { read_jbytes(env, authorization, authorization_len, &mut a_buf) };
+    let k = unsafe { read_jbytes(env, kbase_token, kbase_token_len, &mut k_buf) };
     let p = unsafe { read_jstring(env, peer, &mut p_buf) };
-    let a_more = unsafe { read_string_array(env, more_authorization) };
-    let k_more = unsafe { read_string_array(env, more_kbase_tokens) };
+    let a_more = unsafe { read_bytes_array(env, more_authorization) };
+    let k_more = unsafe { read_bytes_array(env, more_kbase_tokens) };
     let a_values = Values::new(a.as_deref(), &a_more);
     let k_values = Values::new(k.as_deref(), &k_more);
     f(a_values.as_slice(), k_values.as_slice(), p.as_deref())
@@ -71,9 +72,46 @@ impl<'a> Values<'a> {
     }
 }
 
-/// A Java string as Rust text: copied into `buf` with `GetStringUTFRegion`, which needs no
-/// release call and allocates nothing in the JVM; two JNI calls for an ASCII header. `buf` is
-/// uninitialised stack: zeroing kilobytes per call would cost more than the whole cache hit.
+/// The first `len` bytes of a Java `byte[]` (a header value as received; the shim passes its
+/// length, which saves asking the JVM) as text: copied into `buf` with `GetByteArrayRegion`,
+/// which needs no release call and allocates nothing in the JVM. Bytes that are not UTF-8
+/// become NUL, so that the token checks refuse the value (a control character) instead of
+/// asking Auth2 about a guess. `buf` is uninitialised stack (zeroing kilobytes per call would
+/// cost more than the whole cache hit); only the `len` bytes read are zeroed first, so that a
+/// `len` past the array's end (the copy then fails with an exception pending, which Java throws
+/// on return) reads zeros, not garbage.
+unsafe fn read_jbytes<'b, const N: usize>(
+    env: *mut sys::JNIEnv,
+    bytes: jbyteArray,
+    len: jint,
+    buf: &'b mut MaybeUninit<[u8; N]>,
+) -> Option<Cow<'b, str>> {
+    if bytes.is_null() {
+        return None;
+    }
+    let interface = unsafe { &**env };
+    let len = len.max(0);
+    let region = |dest: *mut u8| unsafe { (interface.v1_1.GetByteArrayRegion)(env, bytes, 0, len, dest.cast()) };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).replace(char::REPLACEMENT_CHARACTER, "\0");
+    if (len as usize) <= N {
+        let ptr = buf.as_mut_ptr().cast::<u8>();
+        // Safety: `len` <= N bytes within the buffer.
+        unsafe { ptr.write_bytes(0, len as usize) };
+        region(ptr);
+        // Safety: initialised just above (and by the JVM), within the buffer.
+        let head = unsafe { std::slice::from_raw_parts(ptr, len as usize) };
+        return Some(match std::str::from_utf8(head) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(text(head)),
+        });
+    }
+    let mut heap = vec![0u8; len as usize];
+    region(heap.as_mut_ptr());
+    Some(Cow::Owned(String::from_utf8(heap).unwrap_or_else(|e| text(e.as_bytes()))))
+}
+
+/// A Java string as Rust text: copied into `buf` with `GetStringUTFRegion`; two JNI calls for
+/// an ASCII string.
 unsafe fn read_jstring<'b, const N: usize>(
     env: *mut sys::JNIEnv,
     s: jstring,
@@ -105,9 +143,9 @@ unsafe fn read_jstring<'b, const N: usize>(
     Some(Cow::Owned(mutf8_to_string(&mut heap, bytes)))
 }
 
-/// The strings of a Java `String[]` (null: none; null elements are skipped). Only repeated
-/// metadata keys arrive this way, so it may allocate.
-unsafe fn read_string_array(env: *mut sys::JNIEnv, array: jobjectArray) -> Vec<String> {
+/// The values of a Java `byte[][]` as text (null: none; null elements are skipped). Only
+/// repeated metadata keys arrive this way, so it may allocate.
+unsafe fn read_bytes_array(env: *mut sys::JNIEnv, array: jobjectArray) -> Vec<String> {
     if array.is_null() {
         return Vec::new();
     }
@@ -117,7 +155,8 @@ unsafe fn read_string_array(env: *mut sys::JNIEnv, array: jobjectArray) -> Vec<S
     let mut buf = MaybeUninit::<[u8; HEADER_BUF]>::uninit();
     for i in 0..len {
         let element = unsafe { (interface.v1_1.GetObjectArrayElement)(env, array, i) };
-        if let Some(text) = unsafe { read_jstring(env, element, &mut buf) } {
+        let element_len = if element.is_null() { 0 } else { unsafe { (interface.v1_1.GetArrayLength)(env, element) } };
+        if let Some(text) = unsafe { read_jbytes(env, element, element_len, &mut buf) } {
             out.push(text.into_owned());
         }
         if !element.is_null() {

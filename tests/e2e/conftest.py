@@ -29,6 +29,7 @@ KEEP_RUNS = 5
 def pytest_report_header(config):
     lines = []
     for what, fn in (("jar", harness.find_jar), ("fake-auth2", harness.find_fake_auth2),
+                     ("gateway", harness.find_gateway),
                      ("SPARK_HOME", harness.find_spark_home), ("JAVA_HOME", harness.find_java_home)):
         try:
             lines.append(f"e2e {what}: {fn()}")

@@ -58,22 +58,31 @@ def find_jar() -> Path:
     return max(cands, key=lambda p: p.stat().st_mtime)
 
 
-def find_fake_auth2() -> Path:
-    """The fake Auth2 binary: $KBASE_E2E_FAKE_AUTH2, else target/{release,debug}/fake-auth2."""
-    env = os.environ.get("KBASE_E2E_FAKE_AUTH2")
+def _find_binary(env_var: str, name: str, build: str) -> Path:
+    """A binary of this workspace: ${env_var}, else target/{release,debug}/{name}."""
+    env = os.environ.get(env_var)
     if env:
         p = Path(env).resolve()
         if not (p.is_file() and os.access(p, os.X_OK)):
-            raise FileNotFoundError(f"KBASE_E2E_FAKE_AUTH2={env} is not an executable file")
+            raise FileNotFoundError(f"{env_var}={env} is not an executable file")
         return p
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO_ROOT / "target"))
-    cands = [target / "release/fake-auth2", target / "debug/fake-auth2"]
+    cands = [target / "release" / name, target / "debug" / name]
     existing = [c for c in cands if c.is_file() and os.access(c, os.X_OK)]
     if not existing:
-        raise FileNotFoundError(
-            "no fake-auth2 binary: run `cargo build --release -p fake-auth2` first"
-        )
+        raise FileNotFoundError(f"no {name} binary: run `{build}` first")
     return max(existing, key=lambda p: p.stat().st_mtime)
+
+
+def find_fake_auth2() -> Path:
+    """The fake Auth2 binary: $KBASE_E2E_FAKE_AUTH2, else target/{release,debug}/fake-auth2."""
+    return _find_binary("KBASE_E2E_FAKE_AUTH2", "fake-auth2", "cargo build --release -p fake-auth2")
+
+
+def find_gateway() -> Path:
+    """The gateway binary: $KBASE_E2E_GATEWAY, else target/{release,debug}/kbase-spark-gateway."""
+    return _find_binary("KBASE_E2E_GATEWAY", "kbase-spark-gateway",
+                        "cargo build --release -p kbase-spark-gateway")
 
 
 def find_spark_home() -> Path:
@@ -182,6 +191,18 @@ def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "conditi
             extra = f" (last error: {last_exc!r})" if last_exc else ""
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+def secrets_in(paths: Iterable[Path], secrets: Sequence[str]) -> list:
+    """One line per secret found in each file of ``paths`` (by fingerprint, never the secret)."""
+    leaks = []
+    for p in paths:
+        try:
+            text = Path(p).read_text(errors="replace")
+        except OSError:
+            continue
+        leaks += [f"{p}: contains token with fingerprint {fingerprint(t)}" for t in secrets if t in text]
+    return leaks
 
 
 def tail(path: Path, n: int = 60) -> str:
@@ -443,14 +464,18 @@ def close_channels() -> None:
 RAW_SESSION_ID = str(uuid.uuid4())
 
 
-def config_request(session_id: Optional[str] = None):
+def config_request(session_id: Optional[str] = None, user_id: Optional[str] = "e2e"):
+    """A ConfigRequest; ``user_id=None`` leaves the user context out, as pyspark does when it
+    finds no SPARK_USER or USER."""
     from pyspark.sql.connect.proto import base_pb2
 
-    return base_pb2.ConfigRequest(
+    request = base_pb2.ConfigRequest(
         session_id=session_id or RAW_SESSION_ID,
-        user_context=base_pb2.UserContext(user_id="e2e"),
         operation=base_pb2.ConfigRequest.Operation(get_all=base_pb2.ConfigRequest.GetAll()),
     )
+    if user_id is not None:
+        request.user_context.user_id = user_id
+    return request
 
 
 def _stub(target: str, root_cert: Optional[bytes]):
@@ -460,14 +485,15 @@ def _stub(target: str, root_cert: Optional[bytes]):
 
 
 def config_rpc(target: str, metadata: Sequence[tuple] = (), timeout: float = 20.0,
-               root_cert: Optional[bytes] = None, session_id: Optional[str] = None) -> Outcome:
+               root_cert: Optional[bytes] = None, session_id: Optional[str] = None,
+               user_id: Optional[str] = "e2e") -> Outcome:
     """One raw ``Config`` RPC with ``metadata``; returns the status, never raises RpcError."""
     import grpc
 
     stub = _stub(target, root_cert)
     t0 = time.monotonic()
     try:
-        _, call = stub.Config.with_call(config_request(session_id), metadata=list(metadata),
+        _, call = stub.Config.with_call(config_request(session_id, user_id), metadata=list(metadata),
                                         timeout=timeout)
         return Outcome(call.code(), call.details() or "", tuple(call.trailing_metadata() or ()),
                        time.monotonic() - t0)
@@ -534,7 +560,36 @@ logger.connections.level = warn
 """
 
 
-class SparkServer:
+class Service:
+    """A Spark Connect endpoint on 127.0.0.1:``port`` (a server, or the gateway) that the harness
+    runs as a :class:`ManagedProcess` (``proc``) logging to ``log_path``."""
+
+    proc: Optional[ManagedProcess] = None
+    log_path: Path
+    port: int = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, host: str = "localhost", **params) -> str:
+        extra = "".join(f";{k}={v}" for k, v in params.items())
+        return f"sc://{host}:{self.port}/{extra}"
+
+    def wait_exit(self, timeout: float) -> Optional[int]:
+        return self.proc.wait_exit(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class SparkServer(Service):
     """A Spark Connect 4.0 server started with spark-submit, our jar on --jars.
 
     Deployment tests set ``argv_prefix`` (e.g. setpriv), ``log4j_extra`` (more log4j2 lines) and
@@ -559,14 +614,6 @@ class SparkServer:
         self.port = 0
         self.proc: Optional[ManagedProcess] = None
         self.log_path = self.dir / "spark.log"
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def url(self, host: str = "localhost", **params) -> str:
-        extra = "".join(f";{k}={v}" for k, v in params.items())
-        return f"sc://{host}:{self.port}/{extra}"
 
     def _write_conf(self) -> None:
         conf = {
@@ -632,18 +679,6 @@ class SparkServer:
         except TimeoutError as e:
             raise TimeoutError(f"{e}\n--- last log lines ({self.log_path}):\n{tail(self.log_path)}")
         return self
-
-    def wait_exit(self, timeout: float) -> Optional[int]:
-        return self.proc.wait_exit(timeout)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.alive()
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def stop(self) -> None:
         if self.proc:
@@ -865,6 +900,131 @@ http {{
     def stop(self) -> None:
         if self.proc:
             self.proc.stop(grace=10)
+
+
+# ----------------------------------------------------------------------------- the gateway
+
+# The variables the gateway reads besides its own GATEWAY_* ones (BERDL's Python proxy's): a
+# gateway started here gets them only from its test, never from the caller's environment.
+GATEWAY_PROXY_VARIABLES = ("KBASE_AUTH_URL", "PROXY_LISTEN_PORT", "BACKEND_PORT", "BACKEND_NAMESPACE",
+                           "SERVICE_TEMPLATE", "TOKEN_CACHE_TTL", "TOKEN_CACHE_MAX_SIZE", "REQUIRE_MFA",
+                           "MFA_EXEMPT_USERS", "MAX_CHANNELS_PER_BACKEND", "BACKEND_CONNECT_TIMEOUT")
+
+
+def gateway_env(env: dict) -> dict:
+    """The environment of a gateway: ours without any gateway setting, plus ``env``."""
+    out = {k: v for k, v in base_env().items()
+           if not k.startswith("GATEWAY_") and k not in GATEWAY_PROXY_VARIABLES}
+    out.update(env)
+    return out
+
+
+class Gateway(Service):
+    """The gateway binary (kbase-spark-gateway) on 127.0.0.1, configured like a Deployment by
+    environment variables (``env``) and flags (``args``). Its gRPC and admin ports are chosen at
+    the first start and kept across restarts; every start appends to the same log."""
+
+    def __init__(self, workdir: Path, name: str, env: dict, args: Sequence[str] = (), port: int = 0):
+        self.name = name
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(env)
+        self.args = list(args)
+        self.port = port  # 0: a free one
+        self.admin_port = 0
+        self.log_path = self.dir / "gateway.log"
+        self.proc: Optional[ManagedProcess] = None
+
+    def start(self, timeout: float = 30.0) -> "Gateway":
+        """Starts the gateway (again, after it stopped) and waits until /readyz answers 200."""
+        if self.proc:
+            self.proc.stop(grace=5)
+        self.port = self.port or free_port()
+        self.admin_port = self.admin_port or free_port()
+        env = gateway_env({"GATEWAY_BIND": "127.0.0.1", "PROXY_LISTEN_PORT": str(self.port),
+                           "GATEWAY_ADMIN_PORT": str(self.admin_port), **self.env})
+        argv = ["timeout", "-k", "10", str(MAX_SERVER_SECS), str(find_gateway()), *self.args]
+        (self.dir / "argv.txt").write_text(" ".join(argv) + "\n")
+        self.proc = ManagedProcess(f"gateway[{self.name}]", argv, self.log_path, env, self.dir)
+
+        def ready():
+            if not self.proc.alive():
+                raise ProcessExited(f"gateway {self.name} exited with {self.proc.proc.returncode}:\n"
+                                    f"{tail(self.log_path)}")
+            return self.admin("/readyz")[0] == 200
+
+        wait_until(ready, timeout, 0.05, f"gateway {self.name} ready")
+        return self
+
+    def admin(self, path: str, timeout: float = 5.0) -> tuple:
+        """(HTTP status, body) of GET ``path`` on the admin port."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metrics(self) -> "Metrics":
+        status, text = self.admin("/metrics")
+        assert status == 200, f"/metrics answered {status}: {text[:300]}"
+        return Metrics(text)
+
+    def signal(self, sig: int) -> None:
+        """Sends ``sig`` to the gateway's process group (the `timeout` wrapper passes TERM on)."""
+        os.killpg(self.proc.pid, sig)
+
+    def access_lines(self, **match) -> list:
+        """The access lines of the log (one per call) as dicts, those whose fields equal ``match``."""
+        out = []
+        for line in self.log_text().splitlines():
+            if "kbase_spark_gateway::access" not in line:
+                continue
+            fields = {k: v.strip('"') for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)}
+            if all(fields.get(k) == v for k, v in match.items()):
+                out.append(fields)
+        return out
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop(grace=10)
+
+
+def run_gateway(workdir: Path, name: str, env: dict, args: Sequence[str] = (),
+                timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """Runs the gateway binary to its exit (``--help``, a refused configuration), with only
+    ``env``'s settings; the output is kept in the work directory too."""
+    d = workdir / name
+    d.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["timeout", "-k", "5", str(timeout), str(find_gateway()), *args],
+                       env=gateway_env(env), cwd=d, capture_output=True, text=True, timeout=timeout + 10)
+    (d / "gateway.log").write_text(r.stdout + r.stderr)
+    return r
+
+
+class Metrics:
+    """A Prometheus/OpenMetrics text scrape: ``m.value("kbase_gateway_calls_total", status="OK")``
+    sums the samples of that name whose labels include the given ones."""
+
+    _LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)")
+    _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples = []
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            m = self._LINE.match(line)
+            assert m, f"not a metrics line: {line!r}"
+            self.samples.append((m.group(1), dict(self._LABEL.findall(m.group(2) or "")), float(m.group(3))))
+
+    def names(self) -> set:
+        return {n for n, _, _ in self.samples}
+
+    def value(self, name: str, **labels) -> float:
+        return sum(v for n, ls, v in self.samples
+                   if n == name and all(ls.get(k) == want for k, want in labels.items()))
+
 
 
 # ----------------------------------------------------------------------------- assertions

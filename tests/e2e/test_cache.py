@@ -63,8 +63,10 @@ def test_revocation_visible_after_cache_window(short, tokens):
     fetched = short.fake.count(t)
     assert fetched >= 1
     short.fake.revoke(t)
-    expect(config_rpc(short.target, bearer(t)), "OK")  # still cached
-    assert short.fake.count(t) == fetched
+    # Allowed after the revocation: only the cache can say so. (Auth2 may be asked again in the
+    # background if this call comes in the window's last half — refresh ahead — so its count
+    # is no proof either way on a loaded machine.)
+    expect(config_rpc(short.target, bearer(t)), "OK")
 
     def denied():
         o = config_rpc(short.target, bearer(t))

@@ -17,6 +17,7 @@ import org.apache.spark.SparkEnv;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.sparkproject.connect.grpc.Grpc;
+import org.sparkproject.connect.grpc.InternalMetadata;
 import org.sparkproject.connect.grpc.Metadata;
 import org.sparkproject.connect.grpc.ServerCall;
 import org.sparkproject.connect.grpc.ServerCallHandler;
@@ -34,7 +35,8 @@ import scala.Tuple2;
  * outside Spark) and the environment variables {@code KBASE_AUTH_URL} and {@code USER}.
  *
  * <p>Every decision is made by the native library; this class only carries the call's metadata
- * across and maps a denial to a gRPC status. Any failure denies.
+ * across, maps a denial to a gRPC status and applies {@code spark.kbase.auth.userContext} to the
+ * admitted call's messages ({@link UserContextRewrite}). Any failure denies.
  */
 public final class KBaseAuthServerInterceptor implements ServerInterceptor {
 
@@ -46,15 +48,31 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
 
     private static final Logger LOG = LoggerFactory.getLogger(KBaseAuthServerInterceptor.class);
     private static final Cleaner CLEANER = Cleaner.create();
-    private static final Metadata.Key<String> AUTHORIZATION =
-            Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
-    private static final Metadata.Key<String> KBASE_TOKEN =
-            Metadata.Key.of("x-kbase-token", Metadata.ASCII_STRING_MARSHALLER);
+    /**
+     * The token headers' values as the bytes the transport received: gRPC's ASCII marshaller would
+     * make a new {@code String} on every read, and the native side wants bytes anyway. (The
+     * marshaller hands out gRPC's own array; nothing here writes to it.)
+     */
+    private static final InternalMetadata.TrustedAsciiMarshaller<byte[]> RAW =
+            new InternalMetadata.TrustedAsciiMarshaller<byte[]>() {
+                @Override
+                public byte[] toAsciiString(byte[] value) {
+                    return value;
+                }
+
+                @Override
+                public byte[] parseAsciiString(byte[] serialized) {
+                    return serialized;
+                }
+            };
+    private static final Metadata.Key<byte[]> AUTHORIZATION = InternalMetadata.keyOf("authorization", RAW);
+    private static final Metadata.Key<byte[]> KBASE_TOKEN = InternalMetadata.keyOf("x-kbase-token", RAW);
     private static final ServerCall.Listener<Object> NOOP_LISTENER = new ServerCall.Listener<Object>() {
     };
 
     private final long handle;
     private final boolean wantsPeerAddress;
+    private final UserContextRewrite rewrite;
     private final String description;
     private final Cleaner.Cleanable cleanable;
     private volatile boolean closed;
@@ -85,6 +103,7 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
         Release release = new Release(h);
         try {
             this.wantsPeerAddress = NativeAuth.wantsPeerAddress(h);
+            this.rewrite = new UserContextRewrite(NativeAuth.userContextMode(h), this::userName, new Refusals());
             this.description = NativeAuth.describe(h);
         } catch (RuntimeException | Error e) {
             release.run();
@@ -158,74 +177,111 @@ public final class KBaseAuthServerInterceptor implements ServerInterceptor {
     @Override
     public <ReqT, RespT> ServerCall.Listener<ReqT> interceptCall(
             ServerCall<ReqT, RespT> call, Metadata headers, ServerCallHandler<ReqT, RespT> next) {
-        int code;
-        String message;
+        UserContextRewrite.Target target;
         try {
             if (closed) {
                 throw new IllegalStateException("interceptor used after close()");
             }
             String peer = wantsPeerAddress ? peerAddress(call) : null;
-            // gRPC metadata may repeat a key: the first value crosses as a string, any others as an
+            // gRPC metadata may repeat a key: the first value crosses alone, any others as an
             // array. Shaped for C2's escape analysis (JDK 17), so that the single-valued call
-            // allocates only gRPC's own value String: getAll only for a key that is present (its
-            // null path never taken), iterators in block scope, touched only through next/hasNext.
-            String firstA = null;
-            String[] moreA = null;
+            // allocates nothing here: getAll only for a key that is present (its null path never
+            // taken), iterators in block scope, touched only through next/hasNext.
+            byte[] firstA = null;
+            byte[][] moreA = null;
             if (headers.containsKey(AUTHORIZATION)) {
-                Iterator<String> values = headers.getAll(AUTHORIZATION).iterator();
+                Iterator<byte[]> values = headers.getAll(AUTHORIZATION).iterator();
                 firstA = values.next();
                 if (values.hasNext()) {
                     moreA = moreValues(headers, AUTHORIZATION);
                 }
             }
-            String firstK = null;
-            String[] moreK = null;
+            byte[] firstK = null;
+            byte[][] moreK = null;
             if (headers.containsKey(KBASE_TOKEN)) {
-                Iterator<String> values = headers.getAll(KBASE_TOKEN).iterator();
+                Iterator<byte[]> values = headers.getAll(KBASE_TOKEN).iterator();
                 firstK = values.next();
                 if (values.hasNext()) {
                     moreK = moreValues(headers, KBASE_TOKEN);
                 }
             }
-            code = NativeAuth.authorize(handle, firstA, moreA, firstK, moreK, peer);
+            int status = NativeAuth.authorize(handle, firstA, moreA, firstK, moreK, peer);
             Reference.reachabilityFence(this);
-            if (code == NativeAuth.ALLOW_WITH_WARNING) {
+            if (!NativeAuth.allowed(status)) {
+                return deny(call, status);
+            }
+            if (NativeAuth.warns(status)) {
                 log(NativeAuth.lastLogLines(), true);
-                code = 0;
             }
-            if (code == 0) {
-                message = null;
-            } else {
-                message = NativeAuth.denialMessage();
-                log(NativeAuth.lastLogLines(), code == NativeAuth.UNAVAILABLE || code == NativeAuth.INTERNAL);
-                if (code < 1 || code > 16) {
-                    LOG.error("KBase auth native library returned unknown status code {}; denying with INTERNAL", code);
-                    code = NativeAuth.INTERNAL;
-                    message = INTERNAL_ERROR_MESSAGE;
-                }
-            }
+            target = rewrite.target(NativeAuth.verifiedUser(status));
         } catch (Throwable t) {
             LOG.error("KBase auth interceptor failed; denying the call", t);
-            code = NativeAuth.INTERNAL;
-            message = INTERNAL_ERROR_MESSAGE;
+            return close(call, NativeAuth.INTERNAL, INTERNAL_ERROR_MESSAGE);
         }
-        if (code == 0) {
-            // Outside the guard: a failure in the next handler is that handler's, not an auth failure.
-            return next.startCall(call, headers);
+        // Outside the guard: a failure in the next handler is that handler's, not an auth failure.
+        ServerCall.Listener<ReqT> listener = next.startCall(call, headers);
+        return target == null ? listener : rewrite.listener(call, target, listener);
+    }
+
+    /**
+     * Closes a call the native side denied with {@code status} (a gRPC status code; anything else
+     * becomes INTERNAL), with its message, and logs its lines.
+     */
+    private static <ReqT> ServerCall.Listener<ReqT> deny(ServerCall<ReqT, ?> call, int status) {
+        String message = NativeAuth.denialMessage();
+        log(NativeAuth.lastLogLines(), status == NativeAuth.UNAVAILABLE || status == NativeAuth.INTERNAL);
+        if (status < 1 || status > 16) {
+            LOG.error("KBase auth native library returned unknown status code {}; denying with INTERNAL", status);
+            return close(call, NativeAuth.INTERNAL, INTERNAL_ERROR_MESSAGE);
         }
-        call.close(Status.fromCodeValue(code).withDescription(message), new Metadata());
+        return close(call, status, message);
+    }
+
+    /** Closes a denied call, with fresh empty trailers (never the request's headers). */
+    private static <ReqT> ServerCall.Listener<ReqT> close(ServerCall<ReqT, ?> call, int status, String message) {
+        call.close(Status.fromCodeValue(status).withDescription(message), new Metadata());
         @SuppressWarnings("unchecked")
         ServerCall.Listener<ReqT> noop = (ServerCall.Listener<ReqT>) (ServerCall.Listener<?>) NOOP_LISTENER;
         return noop;
     }
 
     /** The values of a repeated {@code key} after the first. */
-    private static String[] moreValues(Metadata headers, Metadata.Key<String> key) {
-        List<String> more = new ArrayList<>();
-        for (String value : headers.getAll(key)) {
+    private static byte[][] moreValues(Metadata headers, Metadata.Key<byte[]> key) {
+        List<byte[]> more = new ArrayList<>();
+        for (byte[] value : headers.getAll(key)) {
             more.add(value);
         }
-        return more.subList(1, more.size()).toArray(new String[0]);
+        return more.subList(1, more.size()).toArray(new byte[0][]);
+    }
+
+    /** The name behind a verified user's number, asked once per number by {@link UserContextRewrite}. */
+    private String userName(int user) {
+        try {
+            return NativeAuth.userName(handle, user);
+        } finally {
+            Reference.reachabilityFence(this);
+        }
+    }
+
+    /** Ends calls whose messages must not reach Spark, as denials. */
+    private final class Refusals implements UserContextRewrite.Refusals {
+        @Override
+        public void mismatch(ServerCall<?, ?> call, int user, String claimedUserId) {
+            if (closed) {
+                failure(call, new IllegalStateException("interceptor used after close()"));
+                return;
+            }
+            int status = NativeAuth.refuseUserContext(handle, user, claimedUserId);
+            Reference.reachabilityFence(KBaseAuthServerInterceptor.this);
+            deny(call, status);
+        }
+
+        @Override
+        public void failure(ServerCall<?, ?> call, Throwable cause) {
+            LOG.error("KBase auth: cannot apply spark.kbase.auth.userContext to a request message; denying the call",
+                    cause);
+            close(call, NativeAuth.INTERNAL, INTERNAL_ERROR_MESSAGE);
+        }
     }
 
     /** Logs the native side's lines (null: rate-limited away) at WARN or INFO. */

@@ -51,8 +51,6 @@ final class NativeAuth {
     /** The manifest attribute naming the libraries a jar carries, written by build.gradle. */
     static final String PLATFORMS_ATTRIBUTE = "KBase-Native-Platforms";
 
-    /** What {@link #authorize} returns for an allowed call whose WARN line {@link #lastLogLines} holds. */
-    static final int ALLOW_WITH_WARNING = -1;
     /** The gRPC status codes {@link #authorize} returns for a denial. */
     static final int UNAUTHENTICATED = 16;
     static final int PERMISSION_DENIED = 7;
@@ -82,27 +80,74 @@ final class NativeAuth {
 
     /**
      * Decides one call. Never throws: a native error or panic comes back as {@link #INTERNAL}.
-     * gRPC metadata may repeat a key: the first value of each key comes as a string, any further
-     * values as an array (null, and nothing allocated, in the usual single-valued call).
+     * The header values are the bytes gRPC's transport received (no {@code String} is made for
+     * them), each first value with its length (saving the native side a call back into the JVM).
+     * gRPC metadata may repeat a key: the first value of each key comes alone, any further values
+     * as an array (null, and nothing allocated, in the usual single-valued call).
      *
-     * @param authorization     the first {@code authorization} metadata value, or null
-     * @param moreAuthorization further {@code authorization} values, or null
-     * @param kbaseToken        the first {@code x-kbase-token} metadata value, or null
-     * @param moreKbaseTokens   further {@code x-kbase-token} values, or null
+     * <p>The result: {@code 1..16} denies with that gRPC status code ({@link #denialMessage},
+     * {@link #lastLogLines}); {@code <= 0} allows, encoded as {@code -(2 * (user + 1) + warning)}:
+     * see {@link #allowed}, {@link #verifiedUser} and {@link #warns}. So {@code 0} is a token-less
+     * call from a trusted address, {@code -2} verified user number 0, {@code -3} the same with a
+     * warning to log, {@code -4} user number 1, and so on.
+     *
+     * @param authorization       the first {@code authorization} metadata value, or null
+     * @param authorizationLength its length ({@code authorization.length}; 0 for null)
+     * @param moreAuthorization   further {@code authorization} values, or null
+     * @param kbaseToken          the first {@code x-kbase-token} metadata value, or null
+     * @param kbaseTokenLength    its length
+     * @param moreKbaseTokens     further {@code x-kbase-token} values, or null
      * @param peerAddress       the remote IP address, or null (only needed when
      *                          {@link #wantsPeerAddress} is true)
-     * @return 0 to allow; {@link #ALLOW_WITH_WARNING} to allow and log {@link #lastLogLines} at
-     *         WARN; otherwise the gRPC status code to close the call with
      */
-    static native int authorize(long handle, String authorization, String[] moreAuthorization, String kbaseToken,
-            String[] moreKbaseTokens, String peerAddress);
+    static native int authorize(long handle, byte[] authorization, int authorizationLength,
+            byte[][] moreAuthorization, byte[] kbaseToken, int kbaseTokenLength, byte[][] moreKbaseTokens,
+            String peerAddress);
+
+    /** {@link #authorize} for values without their lengths. */
+    static int authorize(long handle, byte[] authorization, byte[][] moreAuthorization, byte[] kbaseToken,
+            byte[][] moreKbaseTokens, String peerAddress) {
+        return authorize(handle, authorization, authorization == null ? 0 : authorization.length, moreAuthorization,
+                kbaseToken, kbaseToken == null ? 0 : kbaseToken.length, moreKbaseTokens, peerAddress);
+    }
+
+    /** Whether a status from {@link #authorize} allows the call. */
+    static boolean allowed(int status) {
+        return status <= 0;
+    }
+
+    /** For an allowing status: the verified user's number ({@link #userName}), or -1 when there is none. */
+    static int verifiedUser(int status) {
+        return (-status >>> 1) - 1;
+    }
+
+    /** For an allowing status: whether a WARN line waits in {@link #lastLogLines}. */
+    static boolean warns(int status) {
+        return (-status & 1) != 0;
+    }
+
+    /** {@code spark.kbase.auth.userContext}: {@link UserContextRewrite#OFF}, {@code REWRITE} or {@code REQUIRE}. */
+    static native int userContextMode(long handle);
+
+    /** The KBase user name behind a user number from {@link #authorize}; throws for any other number. */
+    static native String userName(long handle, int user);
+
+    /**
+     * Records the refusal of a request message whose {@code user_context.user_id} is
+     * {@code claimedUserId} although the call's token proved user number {@code user}
+     * ({@code userContext=require}): counted and logged like a denial. Returns its status
+     * ({@link #PERMISSION_DENIED}, or {@link #INTERNAL} on a native failure), after which
+     * {@link #denialMessage} and {@link #lastLogLines} describe it. Never throws.
+     */
+    static native int refuseUserContext(long handle, int user, String claimedUserId);
 
     /** After {@link #authorize} denied on this thread: the client-facing description (no token). */
     static native String denialMessage();
 
     /**
-     * After a non-zero {@link #authorize} on this thread: the server-log lines (fingerprints, never
-     * tokens), or null when the denial log's rate limit suppressed them.
+     * After a denial on this thread ({@link #authorize}, {@link #refuseUserContext}), or an allow
+     * that {@link #warns}: the server-log lines (fingerprints, never tokens), or null when the
+     * denial log's rate limit suppressed them.
      */
     static native String[] lastLogLines();
 

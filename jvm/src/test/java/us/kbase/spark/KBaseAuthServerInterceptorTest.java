@@ -185,7 +185,10 @@ public class KBaseAuthServerInterceptorTest {
     public void allowsOwnerWithBearerToken() {
         Outcome o = call(interceptor(), "Bearer " + aliceToken, null);
         assertTrue(o.allowed());
-        assertSame(RecordingHandler.LISTENER, o.listener);
+        // The user-context rewrite (the default; UserContextRewriteTest) stands in front of the next listener.
+        assertNotSame(RecordingHandler.LISTENER, o.listener);
+        assertSame(RecordingHandler.LISTENER, call(interceptor("spark.kbase.auth.userContext", "off"),
+                "Bearer " + aliceToken, null).listener);
     }
 
     @Test
@@ -218,41 +221,50 @@ public class KBaseAuthServerInterceptorTest {
     }
 
     /**
-     * Strings cross JNI exactly: non-ASCII (a surrogate pair included) and very long values.
-     * Called on {@link NativeAuth} directly, because gRPC's ASCII marshaller would already have
-     * turned non-ASCII characters into '?' before {@code interceptCall}.
+     * Header values cross JNI exactly, as the bytes gRPC received: UTF-8 (a 4-byte character
+     * included), bytes that are not UTF-8, and very long values. Called on {@link NativeAuth}
+     * directly, because a client's gRPC library may refuse to send such values.
      */
     @Test
-    public void headerTextCrossesJniExactly() throws Exception {
+    public void headerBytesCrossJniExactly() throws Exception {
         long h = NativeAuth.create(KBaseAuthServerInterceptor.keysAndValues(settings()));
         try {
             String nonAscii = "t\u00f6k\u00e9n\ud83d\ude00" + unregisteredToken();
             SECRETS.add(nonAscii);
             // The same non-ASCII token in both headers is one token, not an ambiguity...
-            assertEquals(16, NativeAuth.authorize(h, "Bearer " + nonAscii, null, nonAscii, null, null));
+            assertEquals(16, NativeAuth.authorize(h, utf8("Bearer " + nonAscii), null, utf8(nonAscii), null, null));
             assertThat(NativeAuth.denialMessage(), containsString("invalid or revoked"));
             // ...and one character apart (U+00E9 vs U+00E8) is.
-            assertEquals(16, NativeAuth.authorize(h, "Bearer " + nonAscii, null, nonAscii.replace('\u00e9', '\u00e8'), null, null));
+            assertEquals(16, NativeAuth.authorize(h, utf8("Bearer " + nonAscii), null,
+                    utf8(nonAscii.replace('\u00e9', '\u00e8')), null, null));
             assertThat(NativeAuth.denialMessage(), containsString("ambiguous"));
-            // Non-ASCII white space and C1 controls are seen as such.
+            // Non-ASCII white space, C1 controls and NUL are seen as such.
             for (String bad : new String[] {"abc\u00a0def", "abc\u0085def", "a\u0000b"}) {
-                assertEquals(16, NativeAuth.authorize(h, null, null, bad, null, null));
+                assertEquals(16, NativeAuth.authorize(h, null, null, utf8(bad), null, null));
                 assertThat(NativeAuth.denialMessage(), containsString("spaces or control characters"));
             }
+            // Bytes that are not UTF-8 are not a token either, and are not sent to Auth2.
+            long before = fake.totalRequests();
+            assertEquals(16, NativeAuth.authorize(h, null, null, new byte[] {'a', (byte) 0xff, 'b'}, null, null));
+            assertEquals(before, fake.totalRequests());
             // Long values: one past the limit is refused; a 2000-character token goes to Auth2.
             StringBuilder x = new StringBuilder();
             for (int i = 0; i < 4097; i++) {
                 x.append('x');
             }
-            assertEquals(16, NativeAuth.authorize(h, "Bearer " + x, null, null, null, null));
+            assertEquals(16, NativeAuth.authorize(h, utf8("Bearer " + x), null, null, null, null));
             assertThat(NativeAuth.denialMessage(), containsString("longer than 4096 bytes"));
-            long before = fake.totalRequests();
-            assertEquals(16, NativeAuth.authorize(h, null, null, x.substring(0, 2000), null, null));
+            before = fake.totalRequests();
+            assertEquals(16, NativeAuth.authorize(h, null, null, utf8(x.substring(0, 2000)), null, null));
             assertThat(NativeAuth.denialMessage(), containsString("invalid or revoked"));
             assertEquals(before + 1, fake.totalRequests());
         } finally {
             NativeAuth.destroy(h);
         }
+    }
+
+    private static byte[] utf8(String s) {
+        return s.getBytes(java.nio.charset.StandardCharsets.UTF_8);
     }
 
     @Test

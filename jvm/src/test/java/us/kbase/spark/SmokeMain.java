@@ -11,6 +11,8 @@ import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import java.util.stream.Collectors;
 
+import org.apache.spark.connect.proto.ConfigRequest;
+import org.apache.spark.connect.proto.UserContext;
 import org.sparkproject.connect.grpc.Metadata;
 import org.sparkproject.connect.grpc.Status;
 
@@ -73,7 +75,7 @@ public final class SmokeMain {
             System.out.println("decision without a token: " + denied.status().getCode() + " ("
                     + denied.status().getDescription() + ")");
             check(NativeAuth.panicProbe() == NativeAuth.INTERNAL, "panicProbe must return INTERNAL");
-            exerciseEveryNativePath(fake.url);
+            exerciseEveryNativePath(fake.url, token);
             System.out.println("metrics: " + interceptor.metrics());
             interceptor.close();
         }
@@ -84,7 +86,7 @@ public final class SmokeMain {
      * Calls every native method once more, the exception-throwing paths included, so that
      * -Xcheck:jni (which the smokeTest task runs with, failing on any warning) sees them all.
      */
-    private static void exerciseEveryNativePath(String url) {
+    private static void exerciseEveryNativePath(String url, String ownerToken) {
         try {
             new KBaseAuthServerInterceptor(java.util.Map.of("spark.kbase.auth.url", "::not a url",
                     "spark.kbase.auth.owner", "alice"));
@@ -124,6 +126,29 @@ public final class SmokeMain {
         check(NativeAuth.authorize(0, null, null, null, null, null) == NativeAuth.INTERNAL,
                 "a null handle must deny INTERNAL");
         trusting.close();
+
+        // userContext=require: the mode, the owner's name, and the refusal of a message naming another user.
+        KBaseAuthServerInterceptor requiring = new KBaseAuthServerInterceptor(java.util.Map.of(
+                "spark.kbase.auth.url", url, "spark.kbase.auth.owner", "alice", "spark.kbase.auth.userContext", "require"));
+        Metadata owner = new Metadata();
+        owner.put(Metadata.Key.of("x-kbase-token", Metadata.ASCII_STRING_MARSHALLER), ownerToken);
+        RecordingServerCall mismatch = new RecordingServerCall();
+        requiring.interceptCall(mismatch, owner, handler).onMessage(ConfigRequest.newBuilder()
+                .setUserContext(UserContext.newBuilder().setUserId("mallory")).build());
+        check(mismatch.status() != null && mismatch.status().getCode() == Status.Code.PERMISSION_DENIED
+                && mismatch.status().getDescription().contains("user_id=alice"),
+                "a message naming another user must be PERMISSION_DENIED under userContext=require, got " + mismatch.status());
+        System.out.println("userContext=require refused: " + mismatch.status().getDescription());
+        requiring.close();
+        long h = NativeAuth.create(new String[] {"spark.kbase.auth.url", url, "spark.kbase.auth.owner", "alice"});
+        try {
+            NativeAuth.userName(h, 99);
+            check(false, "an unknown user number must be refused");
+        } catch (IllegalStateException expected) {
+            System.out.println("unknown user number refused: " + expected.getMessage());
+        } finally {
+            NativeAuth.destroy(h);
+        }
     }
 
     /** Checks that this JVM runs where the caller said and has mapped the library from the jar. */

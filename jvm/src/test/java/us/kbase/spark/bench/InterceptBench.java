@@ -7,29 +7,49 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.UUID;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 
+import org.apache.spark.connect.proto.ExecutePlanRequest;
+import org.apache.spark.connect.proto.LocalRelation;
+import org.apache.spark.connect.proto.Plan;
+import org.apache.spark.connect.proto.Range;
+import org.apache.spark.connect.proto.Relation;
+import org.apache.spark.connect.proto.RelationCommon;
+import org.apache.spark.connect.proto.UserContext;
 import org.sparkproject.connect.grpc.Metadata;
 import org.sparkproject.connect.grpc.ServerCall;
 import org.sparkproject.connect.grpc.ServerCallHandler;
 import org.sparkproject.connect.grpc.ServerInterceptor;
+import org.sparkproject.connect.protobuf.ByteString;
 
 import us.kbase.spark.JniFloorInterceptor;
 import us.kbase.spark.KBaseAuthServerInterceptor;
 import us.kbase.spark.testing.FakeAuth2;
 import us.kbase.spark.testing.RecordingServerCall;
 import us.kbase.spark.testing.Tokens;
+import us.kbase.spark.testing.TransportHeaders;
 
 /**
  * Microbenchmark of the cache-hit {@code interceptCall} (the JNI crossing included) against a
  * plain-Java cached interceptor and against a floor that only reads the two headers, all driven
- * by the same harness. No JMH here (Maven Central is out of reach): warm-up, then timed batches.
+ * by the same harness, interleaved. No JMH here (Maven Central is out of reach): warm-up, then
+ * timed batches. Then the user-context rewrite of one request message, small and with a 10 MB
+ * local relation: time and bytes allocated per message.
+ *
+ * <p>Each call gets its headers as gRPC's transport hands them over ({@link TransportHeaders}:
+ * made from the received byte arrays, values parsed on each read), the headers pyspark 4.0
+ * sends, from a ring of such instances per thread.
  *
  * <p>System properties: {@code bench.warmup} (calls, default 2,000,000), {@code bench.batch}
  * (calls per timed batch, 1000), {@code bench.batches} (per subject, 3000), {@code bench.samples}
  * (individually timed calls, 200,000), {@code bench.seconds} (per throughput run, 2),
- * {@code bench.threads} (comma list, "1,2,4").
+ * {@code bench.threads} (comma list, "1,2,4"), {@code bench.ring} (metadata instances per
+ * thread, a power of two, 1024), {@code bench.header} (the token header, {@code authorization}
+ * or {@code x-kbase-token}), {@code bench.userContext} (the plugin's setting, {@code rewrite};
+ * {@code unset} for builds before it existed), {@code bench.referenceRewrite} (whether the
+ * plain-Java reference rewrites too; by default when the plugin does).
  */
 public final class InterceptBench {
 
@@ -45,6 +65,11 @@ public final class InterceptBench {
     private static final int BATCHES = Integer.getInteger("bench.batches", 3000);
     private static final int SAMPLES = Integer.getInteger("bench.samples", 200_000);
     private static final int SECONDS = Integer.getInteger("bench.seconds", 2);
+    private static final int RING = Integer.getInteger("bench.ring", 1024);
+    private static final String HEADER = System.getProperty("bench.header", "authorization");
+    private static final String USER_CONTEXT = System.getProperty("bench.userContext", "rewrite");
+    private static final boolean REFERENCE_REWRITES = Boolean.parseBoolean(System.getProperty(
+            "bench.referenceRewrite", String.valueOf(USER_CONTEXT.equals("rewrite") || USER_CONTEXT.equals("require"))));
     private static final int ALLOC_CALLS = 1_000_000;
     private static final int ROUNDS = 5;
     private static final String RUST = "Rust via JNI (this plugin)";
@@ -69,34 +94,42 @@ public final class InterceptBench {
         @Override
         public <ReqT, RespT> ServerCall.Listener<ReqT> interceptCall(
                 ServerCall<ReqT, RespT> call, Metadata headers, ServerCallHandler<ReqT, RespT> next) {
-            if (headers.get(AUTHORIZATION) == null && headers.get(KBASE_TOKEN) != null) {
+            if (headers.get(AUTHORIZATION) == null && headers.get(KBASE_TOKEN) == null) {
                 throw new AssertionError();
             }
             return next.startCall(call, headers);
         }
     }
 
-    /** Per-thread call state: the request headers, the call and the handler are reused. */
+    /** Per-thread call state: a ring of transport-made headers; the call and the handler are reused. */
     private static final class Driver {
         final ServerInterceptor interceptor;
-        final Metadata headers = new Metadata();
+        final Metadata[] ring = new Metadata[RING];
         final RecordingServerCall call = new RecordingServerCall();
         final CountingHandler handler = new CountingHandler();
+        int next;
 
         Driver(ServerInterceptor interceptor, String token) {
             this.interceptor = interceptor;
-            headers.put(AUTHORIZATION, "Bearer " + token);
+            require(Integer.bitCount(RING) == 1, "bench.ring must be a power of two");
+            for (int i = 0; i < RING; i++) {
+                ring[i] = TransportHeaders.pyspark(HEADER, token);
+            }
         }
 
-        /** Runs n calls; returns how many were not allowed (must be 0). */
+        Metadata headers() {
+            Metadata h = ring[next];
+            next = (next + 1) & (RING - 1);
+            return h;
+        }
+
+        /** Runs n calls; returns how many did not reach the handler (must be 0). */
         long run(int n) {
-            long notAllowed = 0;
+            long reached = handler.reached;
             for (int i = 0; i < n; i++) {
-                if (interceptor.interceptCall(call, headers, handler) != LISTENER) {
-                    notAllowed++;
-                }
+                interceptor.interceptCall(call, headers(), handler);
             }
-            return notAllowed;
+            return n - (handler.reached - reached);
         }
     }
 
@@ -124,9 +157,14 @@ public final class InterceptBench {
             System.setProperty("spark.kbase.auth.url", fake.url);
             System.setProperty("spark.kbase.auth.owner", "alice");
             System.setProperty("spark.kbase.auth.cache.maxTtl", "1h");
+            if (!USER_CONTEXT.equals("unset")) {
+                System.setProperty("spark.kbase.auth.userContext", USER_CONTEXT);
+            }
             KBaseAuthServerInterceptor rust = new KBaseAuthServerInterceptor();
-            JavaReferenceInterceptor java = new JavaReferenceInterceptor("alice");
+            JavaReferenceInterceptor java = new JavaReferenceInterceptor("alice", REFERENCE_REWRITES);
             java.prime(token, "alice", TimeUnit.HOURS.toNanos(1));
+            System.out.printf(Locale.ROOT, "token header %s, ring of %d transport-made Metadata per thread, plugin "
+                    + "userContext=%s, reference rewrites: %s%n", HEADER, RING, USER_CONTEXT, REFERENCE_REWRITES);
 
             Map<String, ServerInterceptor> subjects = new LinkedHashMap<>();
             subjects.put("headers only (gRPC floor)", new HeadersOnly());
@@ -174,7 +212,91 @@ public final class InterceptBench {
             print(results, threadCounts, nanoTimeCost);
             System.out.println("Auth2 requests for the benchmark token: " + authRequests);
             System.out.println("plugin metrics: " + JniFloorInterceptor.metricsOf(rust));
+            System.out.println();
+            messages(RUST, rust, token);
+            messages(JAVA, java, token);
             jniFloor.close();
+        }
+    }
+
+    /** The next handler for the message measurements: keeps the last message Spark would get. */
+    private static final class CapturingHandler implements ServerCallHandler<Object, Object> {
+        Object last;
+
+        @Override
+        public ServerCall.Listener<Object> startCall(ServerCall<Object, Object> call, Metadata headers) {
+            return new ServerCall.Listener<Object>() {
+                @Override
+                public void onMessage(Object message) {
+                    last = message;
+                }
+            };
+        }
+    }
+
+    /**
+     * A request as the transport hands it over (parsed from its bytes): an ExecutePlanRequest whose
+     * user context names someone else, with a small plan or one carrying {@code localBytes} of
+     * local relation data.
+     */
+    static ExecutePlanRequest executePlan(int localBytes) throws Exception {
+        Relation.Builder root = Relation.newBuilder().setCommon(RelationCommon.newBuilder().setPlanId(1));
+        if (localBytes == 0) {
+            root.setRange(Range.newBuilder().setStart(0).setEnd(10).setStep(1));
+        } else {
+            byte[] data = new byte[localBytes];
+            new java.util.Random(1).nextBytes(data);
+            root.setLocalRelation(LocalRelation.newBuilder().setData(ByteString.copyFrom(data))
+                    .setSchema("{\"type\":\"struct\",\"fields\":[]}"));
+        }
+        ExecutePlanRequest request = ExecutePlanRequest.newBuilder()
+                .setSessionId(UUID.randomUUID().toString())
+                .setUserContext(UserContext.newBuilder().setUserId("mallory"))
+                .setOperationId(UUID.randomUUID().toString())
+                .setClientType("_SPARK_CONNECT_PYTHON spark/4.0.0 os/linux python/3.11.2")
+                .addTags("kbase-bench")
+                .setPlan(Plan.newBuilder().setRoot(root))
+                .build();
+        return ExecutePlanRequest.parseFrom(request.toByteArray());
+    }
+
+    /**
+     * The rewrite of one message on its own (the listener of one allowed call, fed the same
+     * message again and again): time and bytes allocated per message, and proof that the plan,
+     * and so its data, is shared rather than copied.
+     */
+    private static void messages(String name, ServerInterceptor subject, String token) throws Exception {
+        com.sun.management.ThreadMXBean mx = (com.sun.management.ThreadMXBean) ManagementFactory.getThreadMXBean();
+        for (int size : new int[] {0, 10 << 20}) {
+            ExecutePlanRequest request = executePlan(size);
+            CapturingHandler handler = new CapturingHandler();
+            ServerCall.Listener<Object> listener = subject.interceptCall(new RecordingServerCall(),
+                    TransportHeaders.pyspark(HEADER, token), handler);
+            int n = size == 0 ? 2_000_000 : 200_000;
+            for (int i = 0; i < n / 4; i++) {
+                listener.onMessage(request);
+            }
+            long bytes0 = mx.getCurrentThreadAllocatedBytes();
+            long t0 = System.nanoTime();
+            for (int i = 0; i < n; i++) {
+                listener.onMessage(request);
+            }
+            long t1 = System.nanoTime();
+            long bytes1 = mx.getCurrentThreadAllocatedBytes();
+            ExecutePlanRequest seen = (ExecutePlanRequest) handler.last;
+            String outcome;
+            if (seen == request) {
+                outcome = "passed unchanged (no rewrite)";
+            } else {
+                require(seen.getUserContext().getUserId().equals("alice") && seen.getUserContext().getUserName().equals("alice"),
+                        name + ": the rewritten message must name the verified user");
+                require(seen.getPlan() == request.getPlan(), name + ": the rewrite must share the plan, not copy it");
+                require(seen.toByteString().size() - request.toByteString().size() < 64, name + ": only the user context changes");
+                outcome = "plan shared";
+            }
+            System.out.printf(Locale.ROOT, "user-context rewrite, %-28s %-14s (%,10d B serialized): %7.1f ns, %7.1f B allocated per message; %s%n",
+                    name, size == 0 ? "small plan" : (size >> 20) + " MB local rel.", request.getSerializedSize(),
+                    (t1 - t0) / (double) n, (bytes1 - bytes0) / (double) n, outcome);
         }
     }
 
@@ -194,9 +316,10 @@ public final class InterceptBench {
         long[] ns = new long[samples];
         for (int i = 0; i < samples; i++) {
             long t0 = System.nanoTime();
-            ServerCall.Listener<Object> l = d.interceptor.interceptCall(d.call, d.headers, d.handler);
+            long reached = d.handler.reached;
+            d.interceptor.interceptCall(d.call, d.headers(), d.handler);
             ns[i] = System.nanoTime() - t0;
-            require(l == LISTENER, "denied while timing");
+            require(d.handler.reached == reached + 1, "denied while timing");
         }
         return ns;
     }

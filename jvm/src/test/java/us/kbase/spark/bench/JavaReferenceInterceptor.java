@@ -2,16 +2,22 @@ package us.kbase.spark.bench;
 
 import java.util.concurrent.ConcurrentHashMap;
 
+import org.apache.spark.connect.proto.UserContext;
+import org.sparkproject.connect.grpc.ForwardingServerCallListener;
 import org.sparkproject.connect.grpc.Metadata;
 import org.sparkproject.connect.grpc.ServerCall;
 import org.sparkproject.connect.grpc.ServerCallHandler;
 import org.sparkproject.connect.grpc.ServerInterceptor;
 import org.sparkproject.connect.grpc.Status;
+import org.sparkproject.connect.protobuf.Descriptors.FieldDescriptor;
+import org.sparkproject.connect.protobuf.Message;
 
 /**
- * The plain-Java yardstick: the same token rules on the hit path (headers, Bearer scheme,
- * ambiguity, shape, expiry with one clock read, owner) over a ConcurrentHashMap cache that the
- * benchmark fills in advance. Misses are not modelled: they deny.
+ * The plain-Java yardstick: the same token rules on the hit path (every value of both headers,
+ * Bearer scheme, ambiguity, shape, expiry with one clock read, owner) over a ConcurrentHashMap
+ * cache that the benchmark fills in advance, and, if asked, the same user-context rewrite (a
+ * listener per call that puts the verified user's prebuilt {@code UserContext} into each
+ * message). Misses are not modelled: they deny.
  */
 final class JavaReferenceInterceptor implements ServerInterceptor {
 
@@ -21,22 +27,28 @@ final class JavaReferenceInterceptor implements ServerInterceptor {
             Metadata.Key.of("x-kbase-token", Metadata.ASCII_STRING_MARSHALLER);
     private static final ServerCall.Listener<Object> NOOP = new ServerCall.Listener<Object>() {
     };
+    /** A sentinel compared by identity: no header value can be this instance. */
+    private static final String AMBIGUOUS = new String("ambiguous");
 
     private static final class Entry {
         final String user;
         final long expiresAtNanos;
+        final UserContext context;
 
         Entry(String user, long expiresAtNanos) {
             this.user = user;
             this.expiresAtNanos = expiresAtNanos;
+            this.context = UserContext.newBuilder().setUserId(user).setUserName(user).build();
         }
     }
 
     private final ConcurrentHashMap<String, Entry> cache = new ConcurrentHashMap<>();
     private final String owner;
+    private final boolean rewrite;
 
-    JavaReferenceInterceptor(String owner) {
+    JavaReferenceInterceptor(String owner, boolean rewrite) {
         this.owner = owner;
+        this.rewrite = rewrite;
     }
 
     void prime(String token, String user, long validForNanos) {
@@ -46,24 +58,9 @@ final class JavaReferenceInterceptor implements ServerInterceptor {
     @Override
     public <ReqT, RespT> ServerCall.Listener<ReqT> interceptCall(
             ServerCall<ReqT, RespT> call, Metadata headers, ServerCallHandler<ReqT, RespT> next) {
-        String token = null;
-        String authorization = headers.get(AUTHORIZATION);
-        if (authorization != null) {
-            authorization = authorization.trim();
-            if (!authorization.regionMatches(true, 0, "Bearer ", 0, 7)) {
-                return deny(call, Status.UNAUTHENTICATED);
-            }
-            token = authorization.substring(7).trim();
-        }
-        String kbase = headers.get(KBASE_TOKEN);
-        if (kbase != null) {
-            kbase = kbase.trim();
-            if (token != null && !token.equals(kbase)) {
-                return deny(call, Status.UNAUTHENTICATED);
-            }
-            token = kbase;
-        }
-        if (token == null || token.isEmpty() || token.length() > 4096) {
+        String token = tokenOf(headers.getAll(AUTHORIZATION), true, null);
+        token = tokenOf(headers.getAll(KBASE_TOKEN), false, token);
+        if (token == null || token == AMBIGUOUS || token.isEmpty() || token.length() > 4096) {
             return deny(call, Status.UNAUTHENTICATED);
         }
         for (int i = 0; i < token.length(); i++) {
@@ -82,12 +79,61 @@ final class JavaReferenceInterceptor implements ServerInterceptor {
         if (!owner.equals(e.user)) {
             return deny(call, Status.PERMISSION_DENIED);
         }
-        return next.startCall(call, headers);
+        ServerCall.Listener<ReqT> listener = next.startCall(call, headers);
+        return rewrite ? new Rewriting<>(listener, e.context) : listener;
+    }
+
+    /**
+     * The token after reading {@code values} on top of {@code token} (null: none yet): trimmed,
+     * without the Bearer scheme for {@code authorization}; {@link #AMBIGUOUS} when two differ or a
+     * scheme is wrong.
+     */
+    private static String tokenOf(Iterable<String> values, boolean bearer, String token) {
+        if (values == null || token == AMBIGUOUS) {
+            return token;
+        }
+        for (String v : values) {
+            String t = v.trim();
+            if (bearer) {
+                if (!t.regionMatches(true, 0, "Bearer ", 0, 7)) {
+                    return AMBIGUOUS;
+                }
+                t = t.substring(7).trim();
+            }
+            if (token != null && !token.equals(t)) {
+                return AMBIGUOUS;
+            }
+            token = t;
+        }
+        return token;
     }
 
     @SuppressWarnings("unchecked")
     private static <ReqT> ServerCall.Listener<ReqT> deny(ServerCall<ReqT, ?> call, Status status) {
         call.close(status, new Metadata());
         return (ServerCall.Listener<ReqT>) (ServerCall.Listener<?>) NOOP;
+    }
+
+    /** Puts the verified user's context into each message that has one (protobuf reflection). */
+    private static final class Rewriting<ReqT> extends ForwardingServerCallListener.SimpleForwardingServerCallListener<ReqT> {
+        private final UserContext context;
+
+        Rewriting(ServerCall.Listener<ReqT> next, UserContext context) {
+            super(next);
+            this.context = context;
+        }
+
+        @Override
+        @SuppressWarnings("unchecked")
+        public void onMessage(ReqT message) {
+            if (message instanceof Message) {
+                Message m = (Message) message;
+                FieldDescriptor f = m.getDescriptorForType().findFieldByName("user_context");
+                if (f != null && !context.equals(m.getField(f))) {
+                    message = (ReqT) m.toBuilder().setField(f, context).build();
+                }
+            }
+            super.onMessage(message);
+        }
     }
 }
