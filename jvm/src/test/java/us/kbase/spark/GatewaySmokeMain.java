@@ -78,6 +78,15 @@ public final class GatewaySmokeMain {
     }
 
     public static void main(String[] args) throws Exception {
+        try {
+            run(args);
+        } catch (SmokeFailure e) {
+            System.out.println("GATEWAY SMOKE FAILED: " + e.getMessage());
+            System.exit(1);
+        }
+    }
+
+    private static void run(String[] args) throws Exception {
         check(args.length > 0, "usage: GatewaySmokeMain COMMAND... (the command that runs kbase-spark-gateway)");
         List<String> gateway = List.of(args);
 
@@ -203,10 +212,18 @@ public final class GatewaySmokeMain {
         return all;
     }
 
+    /** Thrown, not exited on, so that the finally blocks stop the gateway and the backends. */
     private static void check(boolean ok, String what) {
         if (!ok) {
-            System.out.println("GATEWAY SMOKE FAILED: " + what);
-            System.exit(1);
+            throw new SmokeFailure(what);
+        }
+    }
+
+    private static final class SmokeFailure extends RuntimeException {
+        private static final long serialVersionUID = 1L;
+
+        SmokeFailure(String what) {
+            super(what);
         }
     }
 
