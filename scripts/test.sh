@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The project's test command. Steps, each failing fast with a clear message:
 #   1. scripts/setup.sh --matrix             (Debian packages, Java 17, cargo, .venv, matrix venvs)
-#   2. cargo test --workspace                (Rust unit + integration + doc tests), and
-#      pytest tests/scripts                   (the build scripts' own logic)
+#   2. cargo test --workspace                (Rust unit + integration + doc tests)
 #   3. cargo build --release -p fake-auth2, then -p kbase-spark-gateway (both started by e2e tests)
-#   4. gradle build                          (jar with the .so, JUnit tests, smoke tests)
+#   4. gradle build                          (jar with the .so, the gateway binaries, JUnit tests,
+#                                             smoke tests), then pytest tests/scripts (the build
+#                                             scripts' logic; docker/ against the built gateway)
 #   5. pytest tests/e2e                      (real Spark Connect 4.0.0 + pyspark + nginx TLS + gateway)
 #   6. pytest -m matrix tests/e2e, once per Spark version of the matrix (default 4.1.4 4.2.1
 #      4.3.0; KBASE_SPARK_MATRIX="4.3.0" chooses): the same jar, that version's server and client
 # The end-to-end runs (5, 6) all run even when one fails; the command fails if any did.
-# Run as root it builds and tests the shipped jar (linux-x86_64 and linux-aarch64 against glibc
-# 2.28, in a chroot); otherwise it chooses --host-only, saying so.
+# Run as root it builds and tests the shipped jar and gateway (linux-x86_64 and linux-aarch64
+# against glibc 2.28, in a chroot); otherwise it chooses --host-only, saying so.
 #
 # Usage: scripts/test.sh [--quick] [--slow] [--e2e-only] [--no-matrix|--matrix-only] [--host-only]
 #                        [-- PYTEST_ARGS...]
@@ -20,10 +21,10 @@
 #   --e2e-only     skip steps 2 and 4 except for building the jar (for iterating on tests/e2e)
 #   --no-matrix    skip step 6 (Spark 4.0.0 only)
 #   --matrix-only  skip step 5 (only the matrix versions)
-#   --host-only    this machine's library only, built by its own cargo (gradle -Pplatforms=host),
-#                  no cross-build roots; the default without root. Tests that need root (the
-#                  Debian 11 and qemu smoke tests, the hardened-pod and noexec tests, the loader
-#                  tests that mount or chown) are skipped, each naming its reason
+#   --host-only    this machine's library and gateway only, built by its own cargo (gradle
+#                  -Pplatforms=host), no cross-build roots; the default without root. Tests that
+#                  need root (the Debian 11 and qemu smoke tests, the hardened-pod and noexec
+#                  tests, the loader tests that mount or chown) are skipped, each naming its reason
 #   -- ARGS        extra arguments for every pytest run, e.g. -- -k tls -x
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --no-matrix) matrix=0 ;;
     --matrix-only) base=0 ;;
     --host-only) host_only_asked=1 ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; pytest_extra=("$@"); break ;;
     *) die "unknown option: $1 (see scripts/test.sh --help)" ;;
   esac
@@ -88,13 +89,13 @@ gradle_args=(--offline --no-daemon -PsparkJars="$SPARK_HOME/jars" -PfakeAuth2Bin
 
 if [ $e2e_only -eq 0 ]; then
   step "cargo test" cargo test --workspace
-  step "script tests" "$PY" -m pytest "$REPO_ROOT/tests/scripts" -v
 fi
 step "fake-auth2 (release)" cargo build --release -p fake-auth2 --bin fake-auth2
 gateway_bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/kbase-spark-gateway"
 step "gateway (release)" cargo build --release -p kbase-spark-gateway --bin kbase-spark-gateway
 if [ $e2e_only -eq 0 ]; then
   step "gradle build" gradle "${gradle_args[@]}" build
+  step "script tests" "$PY" -m pytest "$REPO_ROOT/tests/scripts" -v
 else
   step "gradle jar" gradle "${gradle_args[@]}" jar
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds an artifact (default: the plugin's library; see artifact_* in lib.sh) for each PLATFORM
-# and puts it at OUTDIR/PLATFORM/<file>. gradle's cargoBuild calls it.
+# Builds an artifact (default: the plugin's library; or the gateway binary; see artifact_* in
+# lib.sh) for each PLATFORM and puts it at OUTDIR/PLATFORM/<file>. gradle's cargoBuild (plugin)
+# and gatewayBuild (gateway) call it.
 #   GLIBC (e.g. 2.28): the shipped build, in the trixie build root (Rust 1.85), linked by zig
 #         against that glibc; needs root and the root from scripts/setup.sh. Cargo's output stays
 #         in <target>/cross.
@@ -8,6 +9,7 @@
 #         needs this machine's glibc or newer (gradle's checkGlibc reports which).
 # Usage: scripts/cross/build.sh [--artifact NAME] GLIBC|host OUTDIR PLATFORM...
 #   e.g. scripts/cross/build.sh 2.28 build/native linux-x86_64 linux-aarch64
+#        scripts/cross/build.sh --artifact gateway 2.28 build/gateway linux-x86_64 linux-aarch64
 #        scripts/cross/build.sh host build/native linux-x86_64
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,7 +22,7 @@ fi
 [ $# -ge 3 ] || die "usage: scripts/cross/build.sh [--artifact NAME] GLIBC|host OUTDIR PLATFORM... (e.g. 2.28 build/native linux-x86_64)"
 glibc="$1" out="$(realpath -m "$2")"
 shift 2
-args="$(artifact_cargo_args "$artifact")" && file="$(artifact_file "$artifact")" || exit 1
+args="$(artifact_cargo_args "$artifact")" && file="$(artifact_file "$artifact")" && mode="$(artifact_mode "$artifact")" || exit 1
 read -ra selection <<<"$args"
 t0=$(now_s)
 
@@ -35,7 +37,7 @@ if [ "$glibc" = host ]; then
   log "$cargo build --release --locked ${selection[*]} (this machine's Rust: $("$cargo" --version))"
   "$cargo" build --release --locked "${selection[@]}" || die "host build failed (${selection[*]})"
   rm -rf "$out"
-  install -D -m 0644 "$(realpath -m "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release/$file" "$out/$host/$file"
+  install -D -m "$mode" "$(realpath -m "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release/$file" "$out/$host/$file"
   info "built $file for $host in $(( $(now_s) - t0 ))s: $out"
   exit 0
 fi
@@ -70,6 +72,6 @@ fi
 
 rm -rf "$out"
 for platform in "$@"; do
-  install -D -m 0644 "$target_dir/$(rust_target "$platform")/release/$file" "$out/$platform/$file"
+  install -D -m "$mode" "$target_dir/$(rust_target "$platform")/release/$file" "$out/$platform/$file"
 done
 info "built $file for $* in $(( $(now_s) - t0 ))s: $out"

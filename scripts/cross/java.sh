@@ -10,11 +10,7 @@ set -euo pipefail
 [ $# -ge 2 ] || die "usage: scripts/cross/java.sh PLATFORM JAVA_ARGS... (PLATFORM: linux-x86_64 or linux-aarch64)"
 platform="$1"
 shift
-root="$(test_root "$platform")"
-arch="$(debian_arch "$platform")"
-[ "$(id -u)" -eq 0 ] || die "scripts/cross/java.sh needs root: it runs Java in a chroot"
-cache_lock -s
-require_root "$root" "$TEST_RECIPE"
+arch="$(debian_arch "$platform")" || exit 1
 
 declare -A dirs=()
 prev=""
@@ -35,9 +31,4 @@ while IFS= read -r dir; do
   [ -n "$dir" ] && binds+=(-r "$dir")
 done < <(printf '%s\n' "${!dirs[@]}" | sort)
 
-java="/usr/lib/jvm/java-17-openjdk-$arch/bin/java"
-run=("$java")
-if [ "$arch" = arm64 ] && [ "$(uname -m)" != aarch64 ]; then
-  run=(/usr/local/bin/qemu-aarch64-static "$java")
-fi
-in_root "$root" "${binds[@]}" -- "${run[@]}" "$@"
+run_in_test_root "$platform" "${binds[@]}" -- "/usr/lib/jvm/java-17-openjdk-$arch/bin/java" "$@"

@@ -25,17 +25,28 @@ BUILD_RECIPE="trixie amd64 minbase, rustc cargo libstd-rust-dev:arm64, ziglang==
 TEST_RECIPE="bullseye minbase openjdk-17-jre-headless ca-certificates (dpkg -x), qemu-aarch64-static on arm64"
 
 # What build.sh builds, by name: the cargo arguments that select it and the file cargo writes into
-# <target>/<rust target>/release/. Another artifact (e.g. a binary) is one more case in each.
+# <target>/<rust target>/release/. Each artifact is its own cargo run, so that features do not
+# unify across them: the gateway links the core without the plugin's `jni` feature.
 artifact_cargo_args() {
   case "$1" in
     plugin) echo "-p kbase-spark-auth --lib" ;;
-    *) die "unknown artifact '$1' (known: plugin)" ;;
+    gateway) echo "-p kbase-spark-gateway --bin kbase-spark-gateway" ;;
+    *) die "unknown artifact '$1' (known: plugin, gateway)" ;;
   esac
 }
 artifact_file() {
   case "$1" in
     plugin) echo libkbase_spark_auth.so ;;
-    *) die "unknown artifact '$1' (known: plugin)" ;;
+    gateway) echo kbase-spark-gateway ;;
+    *) die "unknown artifact '$1' (known: plugin, gateway)" ;;
+  esac
+}
+# The file's mode in OUTDIR: the library goes into the jar, the gateway is run as it is.
+artifact_mode() {
+  case "$1" in
+    plugin) echo 0644 ;;
+    gateway) echo 0755 ;;
+    *) die "unknown artifact '$1' (known: plugin, gateway)" ;;
   esac
 }
 
@@ -83,6 +94,31 @@ apt_proxy_env() {
   eval "$(apt-config shell HTTP Acquire::http::Proxy HTTPS Acquire::https::Proxy)"
   case "$HTTP" in ""|DIRECT|false) ;; *) : "${http_proxy:=$HTTP}"; export http_proxy ;; esac
   case "$HTTPS" in ""|DIRECT|false) ;; *) : "${https_proxy:=$HTTPS}"; export https_proxy ;; esac
+}
+
+# run_in_test_root PLATFORM [-r HOST_PATH]... -- PROGRAM ARGS...: replaces the shell with PROGRAM (a
+# path inside the root) run in PLATFORM's Debian 11 test root, under qemu-user when PLATFORM is not
+# this machine's (no binfmt handler is registered), with each HOST_PATH visible read-only at its own
+# path; the network (loopback) is the host's. The process keeps this shell's PID (exec all the way),
+# so a caller's signal reaches PROGRAM (qemu-user passes it on). Holds the roots' shared lock.
+run_in_test_root() {
+  local platform="$1" root arch; shift
+  root="$(test_root "$platform")" && arch="$(debian_arch "$platform")" || exit 1
+  local binds=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    [ "$1" = -r ] || die "run_in_test_root: unexpected argument '$1'"
+    binds+=(-r "$2"); shift 2
+  done
+  [ "${1:-}" = "--" ] || die "run_in_test_root: missing -- before the program"
+  shift
+  [ "$(id -u)" -eq 0 ] || die "running in the Debian 11 test root needs root (chroot, mount namespace)"
+  cache_lock -s
+  require_root "$root" "$TEST_RECIPE"
+  local run=()
+  if [ "$arch" = arm64 ] && [ "$(uname -m)" != aarch64 ]; then
+    run=(/usr/local/bin/qemu-aarch64-static)
+  fi
+  in_root "$root" "${binds[@]}" -- "${run[@]}" "$@"
 }
 
 root_ready() { [ "$(cat "$1/.kbase-recipe" 2>/dev/null)" = "$2" ]; }
