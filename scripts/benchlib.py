@@ -7,19 +7,47 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import math
 import os
+import signal
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
+import harness
 from harness import config_request
 from pyspark.sql.connect.proto import base_pb2_grpc
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def bound_run(name: str, max_seconds: float) -> threading.Timer:
+    """The hard bound on a whole run: after ``max_seconds`` every process the harness started is
+    stopped and the interpreter exits (3). SIGTERM unwinds normally, so that finally blocks and
+    atexit stop the servers. Cancel the returned timer when done."""
+    def overtime():
+        print(f"\n{name}: --max-seconds={max_seconds} exceeded; stopping everything", file=sys.stderr, flush=True)
+        harness.stop_all(grace=5)
+        os._exit(3)
+
+    watchdog = threading.Timer(max_seconds, overtime)
+    watchdog.daemon = True
+    watchdog.start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return watchdog
+
+
+def write_json(path: str, result: dict) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
 
 
 def pct(sorted_vals: list, q: float) -> float:

@@ -52,11 +52,9 @@ Output: a table on stdout and a JSON file (``--out``). Tokens never appear in ei
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
-import signal
 import sys
 import threading
 import time
@@ -108,7 +106,7 @@ os.environ.setdefault("KBASE_E2E_MAX_SERVER_SECS", str(ARGS.max_seconds + 120))
 from pyspark.sql.connect.proto import base_pb2, relations_pb2  # noqa: E402
 
 import harness  # noqa: E402
-from benchlib import Stubs, log, run_interleaved, stampede  # noqa: E402
+from benchlib import Stubs, bound_run, log, run_interleaved, stampede, write_json  # noqa: E402
 from harness import (FakeAuth2, SparkServer, bearer, config_request, new_token,  # noqa: E402
                      start_servers)
 
@@ -201,18 +199,7 @@ def main() -> int:
     rng = random.Random(seed)
     t_run = time.monotonic()
 
-    # Hard bound on the whole run: stop every process we started, then exit.
-    def overtime():
-        print(f"\nload_bench: --max-seconds={args.max_seconds} exceeded; stopping everything",
-              file=sys.stderr, flush=True)
-        harness.stop_all(grace=5)
-        os._exit(3)
-
-    watchdog = threading.Timer(args.max_seconds, overtime)
-    watchdog.daemon = True
-    watchdog.start()
-    # SIGTERM (and SIGINT) unwind normally so that the finally block and atexit stop the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    watchdog = bound_run("load_bench", args.max_seconds)
 
     workdir = harness.new_work_dir("load-bench", KEEP_RUNS)
 
@@ -388,9 +375,7 @@ def main() -> int:
         watchdog.cancel()
     result["elapsed_s"] = round(time.monotonic() - t_run, 1)
     result["workdir"] = str(workdir)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result)
     print_report(result)
     log(f"JSON: {out}")
     return 0 if ok else 1
