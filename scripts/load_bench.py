@@ -52,15 +52,9 @@ Output: a table on stdout and a JSON file (``--out``). Tokens never appear in ei
 from __future__ import annotations
 
 import argparse
-import collections
-import itertools
-import json
-import math
 import os
 import platform
 import random
-import signal
-import statistics
 import sys
 import threading
 import time
@@ -70,6 +64,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEEP_RUNS = 3  # work directories (server logs) of earlier runs kept under .e2e-work/
 sys.path.insert(0, str(REPO_ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 
 def parse_args(argv=None):
@@ -108,53 +103,14 @@ ARGS = parse_args()
 # Bound the life of every server the harness starts, even if this script is killed (SIGKILL).
 os.environ.setdefault("KBASE_E2E_MAX_SERVER_SECS", str(ARGS.max_seconds + 120))
 
-import grpc  # noqa: E402
-from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc, relations_pb2  # noqa: E402
+from pyspark.sql.connect.proto import base_pb2, relations_pb2  # noqa: E402
 
 import harness  # noqa: E402
+from benchlib import Stubs, bound_run, log, run_interleaved, stampede, write_json  # noqa: E402
 from harness import (FakeAuth2, SparkServer, bearer, config_request, new_token,  # noqa: E402
                      start_servers)
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def pct(sorted_vals: list, q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_vals:
-        return float("nan")
-    k = max(0, min(len(sorted_vals) - 1, math.ceil(q / 100.0 * len(sorted_vals)) - 1))
-    return sorted_vals[k]
-
-
-def new_channel(target: str):
-    """A channel with its own TCP connection (not shared through gRPC's global subchannel pool)."""
-    return grpc.insecure_channel(target, options=[("grpc.enable_retries", 0),
-                                                  ("grpc.use_local_subchannel_pool", 1)])
-
-
-class Stubs:
-    """Channels this script opens itself, closed at the end."""
-
-    def __init__(self):
-        self.channels = []
-
-    def stub(self, target: str, connect_timeout: float = 15.0):
-        ch = new_channel(target)
-        self.channels.append(ch)
-        grpc.channel_ready_future(ch).result(timeout=connect_timeout)
-        return base_pb2_grpc.SparkConnectServiceStub(ch)
-
-    def close(self):
-        for ch in self.channels:
-            try:
-                ch.close()
-            except Exception:  # noqa: BLE001
-                pass
-        self.channels.clear()
 
 
 def execute_request():
@@ -234,114 +190,6 @@ def conc_batch(stubs: list, md, per_thread: int):
     return [x for r in results for x in r], wall, cpu
 
 
-def balanced_orders(servers: list, rounds: int, rng) -> list:
-    """Round orders: every permutation of ``servers`` once per cycle, shuffled within the cycle,
-    so that each server takes each position equally often when ``rounds`` is a multiple of
-    len(servers)! (the batch after an idle stretch runs measurably slower on these VMs)."""
-    perms = [list(p) for p in itertools.permutations(servers)]
-    orders = []
-    while len(orders) < rounds:
-        cycle = [list(p) for p in perms]
-        rng.shuffle(cycle)
-        orders.extend(cycle)
-    return orders[:rounds]
-
-
-def run_interleaved(name: str, servers: list, rounds: int, batch_fn, rng, warmup_fn=None,
-                    pre_fn=None) -> dict:
-    """``rounds`` rounds of one batch per server in a shuffled, balanced order; ``pre_fn(s)``
-    (unmeasured) runs right before each measured batch. Per-server and ratio stats."""
-    if warmup_fn:
-        for s in servers:
-            warmup_fn(s)
-    per_round = []
-    lat = {s: [] for s in servers}
-    wall = {s: 0.0 for s in servers}
-    cpu = {s: 0.0 for s in servers}
-    load0 = os.getloadavg()[0]
-    t_start = time.monotonic()
-    for order in balanced_orders(servers, rounds, rng):
-        r = {"order": order}
-        for s in order:
-            if pre_fn:
-                pre_fn(s)
-            ls, w, c = batch_fn(s)
-            lat[s].extend(ls)
-            wall[s] += w
-            cpu[s] += c
-            r[s] = {"p50_us": statistics.median(ls) / 1e3, "rps": len(ls) / w}
-        per_round.append(r)
-    out = {"name": name, "rounds": rounds, "servers": {},
-           "elapsed_s": round(time.monotonic() - t_start, 1),
-           "loadavg1_before": round(load0, 2), "loadavg1_after": round(os.getloadavg()[0], 2)}
-    for s in servers:
-        v = sorted(lat[s])
-        out["servers"][s] = {
-            "calls": len(v),
-            "p50_us": round(pct(v, 50) / 1e3, 1),
-            "p99_us": round(pct(v, 99) / 1e3, 1),
-            "mean_us": round(statistics.fmean(v) / 1e3, 1),
-            "rps": round(len(v) / wall[s], 1),
-            "client_cpu_pct": round(100 * cpu[s] / wall[s], 0),
-            "round_p50_median_us": round(statistics.median(r[s]["p50_us"] for r in per_round), 1),
-        }
-    base = servers[1]  # the baseline: N
-    ratios = {}
-    for s in servers:
-        if s == base:
-            continue
-        ratios[f"{s}/{base}"] = {
-            "p50": round(statistics.median(r[s]["p50_us"] / r[base]["p50_us"] for r in per_round), 3),
-            "rps": round(statistics.median(r[s]["rps"] / r[base]["rps"] for r in per_round), 3),
-        }
-    out["ratios_median_over_rounds"] = ratios
-    out["per_round"] = [{k: (v if k == "order" else {kk: round(vv, 1) for kk, vv in v.items()})
-                         for k, v in r.items()} for r in per_round]
-    return out
-
-
-def stampede(target: str, md, n: int) -> dict:
-    """n threads, each with its own connected channel, send one Config at once (barrier)."""
-    stubs = Stubs()
-    try:
-        return _stampede([stubs.stub(target) for _ in range(n)], md, n)
-    finally:
-        stubs.close()
-
-
-def _stampede(conns: list, md, n: int) -> dict:
-    barrier = threading.Barrier(n)
-    res = [None] * n
-
-    def work(i):
-        barrier.wait(timeout=30)
-        t0 = time.perf_counter()
-        try:
-            _, call = conns[i].Config.with_call(config_request(), metadata=md, timeout=30)
-            code = call.code()
-        except grpc.RpcError as e:
-            code = e.code()
-        res[i] = (t0, time.perf_counter(), code.name)
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=90)
-    if any(t.is_alive() for t in threads) or any(r is None for r in res):
-        raise RuntimeError("stampede threads did not finish")
-    starts = sorted(r[0] for r in res)
-    first_end = min(r[1] for r in res)
-    return {
-        "calls": n,
-        "statuses": dict(collections.Counter(r[2] for r in res)),
-        "start_spread_ms": round((starts[-1] - starts[0]) * 1e3, 2),
-        "started_before_first_answer": sum(1 for s in starts if s < first_end),
-        "latency_ms_min": round(min(r[1] - r[0] for r in res) * 1e3, 1),
-        "latency_ms_max": round(max(r[1] - r[0] for r in res) * 1e3, 1),
-    }
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -351,18 +199,7 @@ def main() -> int:
     rng = random.Random(seed)
     t_run = time.monotonic()
 
-    # Hard bound on the whole run: stop every process we started, then exit.
-    def overtime():
-        print(f"\nload_bench: --max-seconds={args.max_seconds} exceeded; stopping everything",
-              file=sys.stderr, flush=True)
-        harness.stop_all(grace=5)
-        os._exit(3)
-
-    watchdog = threading.Timer(args.max_seconds, overtime)
-    watchdog.daemon = True
-    watchdog.start()
-    # SIGTERM (and SIGINT) unwind normally so that the finally block and atexit stop the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    watchdog = bound_run("load_bench", args.max_seconds)
 
     workdir = harness.new_work_dir("load-bench", KEEP_RUNS)
 
@@ -538,9 +375,7 @@ def main() -> int:
         watchdog.cancel()
     result["elapsed_s"] = round(time.monotonic() - t_run, 1)
     result["workdir"] = str(workdir)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result)
     print_report(result)
     log(f"JSON: {out}")
     return 0 if ok else 1

@@ -150,6 +150,8 @@ impl Backend {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
+                // As grpc-java (the pods) does: no Nagle delay on small frames.
+                let _ = tcp.set_nodelay(true);
                 log2.connections.fetch_add(1, Ordering::SeqCst);
                 log2.open_connections.fetch_add(1, Ordering::SeqCst);
                 let (name, log, http) = (name2.clone(), Arc::clone(&log2), http.clone());
@@ -365,6 +367,8 @@ impl Client {
         tune: impl FnOnce(&mut hyper::client::conn::http2::Builder<TokioExecutor>),
     ) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
+        // As gRPC clients do: no Nagle delay on small frames.
+        tcp.set_nodelay(true).unwrap();
         let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new());
         tune(&mut b);

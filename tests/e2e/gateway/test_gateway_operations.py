@@ -125,3 +125,28 @@ def test_gateway_help_lists_the_python_proxy_variables(workdir):
     for v in PYTHON_PROXY_VARIABLES:
         assert v in r.stdout, v
     assert "jupyter-{username}.{namespace}.svc.cluster.local" in r.stdout and "jupyterhub-prod" in r.stdout
+
+
+@pytest.mark.slow
+def test_gateway_bench_script_runs(gw):
+    """scripts/gateway_bench.py's workloads, every one at ``--smoke`` sizes, against this package's
+    topology: the benchmark keeps working as the gateway and the harness change. It measures
+    nothing here (the machine is busy with the suite); what it checks is that every workload ran
+    to its end and saw what its figures rest on."""
+    import importlib
+    import random
+    import sys
+
+    sys.path.insert(0, str(harness.REPO_ROOT / "scripts"))
+    bench = importlib.import_module("gateway_bench")
+    args = bench.parse_args(["--smoke"])
+    out = bench.run_workloads(gw, args, random.Random(0))
+    assert set(out) == set(bench.WORKLOADS)
+    for name in ("select1", "collect", "miss"):
+        assert set(out[name]["servers"]) in ({"G", "D", "D2"}, {"M", "N", "N2"}), out[name]
+    assert out["collect"]["gateway_memory"]["peak_rss_vmhwm_mib"] > 0
+    streams = args.stream_pods * args.streams_per_pod
+    assert out["streams"]["live_streams_gauge"] >= streams
+    assert sum(out["streams"]["stream_statuses_after_interrupt"].values()) == streams
+    assert out["stampede"]["stampede-delay"]["gateway_auth2_lookups"] == 1
+    assert out["miss"]["newcomer"]["statuses"].get("OK", 0) >= 1

@@ -91,13 +91,19 @@ class Topology:
         return g
 
 
-def make_pod(workdir, user: str, pods_auth_url: str) -> SparkServer:
+def make_pod(workdir, user: str, pods_auth_url: str, with_plugin: bool = None,
+             lean: bool = True) -> SparkServer:
+    """``user``'s pod; with our plugin (owner ``user``) if ``with_plugin``, by default for
+    PLUGIN_USERS only. ``lean``: the tests' JVM (below); scripts/gateway_bench.py measures pods
+    with the JVM's defaults."""
     name = f"pod-{user}"
     # These servers live a few minutes: the quick JIT tier only and one GC thread cost far less
     # CPU than the defaults (nothing here measures speed; the harness's own tmpdir is kept).
+    jvm = f"-Djava.io.tmpdir={workdir / name / 'local'}"
     conf = {POD_CONF: user, "spark.driver.extraJavaOptions":
-            f"-Djava.io.tmpdir={workdir / name / 'local'} -XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
-    with_plugin = user in PLUGIN_USERS
+            jvm + (" -XX:TieredStopAtLevel=1 -XX:+UseSerialGC" if lean else "")}
+    if with_plugin is None:
+        with_plugin = user in PLUGIN_USERS
     if with_plugin:
         conf.update({"spark.kbase.auth.url": pods_auth_url, "spark.kbase.auth.owner": user,
                      "spark.kbase.auth.requestTimeout": "5s"})
