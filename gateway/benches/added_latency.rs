@@ -7,7 +7,8 @@
 //! The parts are the real ones the gateway's tests use (`tests/common`): an HTTP/2 gRPC backend
 //! on loopback that echoes each call, the repository's fake Auth2, the gateway built from its
 //! settings as the binary builds it, and an HTTP/2 client. Each runs on a runtime of its own
-//! (the gateway's: multi-threaded, 2 workers, as the binary's on this 2-core machine), and the
+//! (the gateway's: multi-threaded, 2 workers, as the binary's on this 2-core machine;
+//! `--gateway-workers N` changes it, 0 for a current-thread runtime on a thread of its own), and the
 //! gateway writes its access line for every call (INFO, to /dev/null), as in production.
 //!
 //! Calls are sent open-loop at a fixed rate (`--rate`, default 1,000/s: each call starts on its
@@ -110,7 +111,8 @@ struct World {
     /// Each user's token; user `i` is `user{i}`.
     tokens: Vec<String>,
     // Dropped last: what runs on them goes with them.
-    _gateway_rt: tokio::runtime::Runtime,
+    _gateway_rt: Option<tokio::runtime::Runtime>,
+    gateway_thread: Option<(Arc<tokio::sync::Notify>, std::thread::JoinHandle<()>)>,
     backend_thread: Option<(Arc<tokio::sync::Notify>, std::thread::JoinHandle<()>)>,
 }
 
@@ -140,6 +142,16 @@ impl World {
         let pods: Vec<(&str, &Backend)> = labels.iter().map(|l| (l.as_str(), &backend)).collect();
         let env: HashMap<String, String> = common::gateway_env(&fake, &pods, &[]);
         let running = gateway_rt.block_on(common::gateway(env));
+        // A current-thread runtime (`--gateway-workers 0`) turns only while a thread blocks on it.
+        let (gateway_rt, gateway_thread) = if args.gateway_workers == 0 {
+            let stop = Arc::new(tokio::sync::Notify::new());
+            let turn = Arc::clone(&stop);
+            let thread = std::thread::Builder::new().name("gateway".into());
+            let thread = thread.spawn(move || gateway_rt.block_on(turn.notified())).unwrap();
+            (None, Some((stop, thread)))
+        } else {
+            (Some(gateway_rt), None)
+        };
         World {
             fake,
             backend,
@@ -147,6 +159,7 @@ impl World {
             client_rt,
             tokens,
             _gateway_rt: gateway_rt,
+            gateway_thread,
             backend_thread: Some((stop, backend_thread)),
         }
     }
@@ -162,7 +175,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some((stop, thread)) = self.backend_thread.take() {
+        for (stop, thread) in [self.gateway_thread.take(), self.backend_thread.take()].into_iter().flatten() {
             stop.notify_one();
             let _ = thread.join();
         }
