@@ -33,6 +33,9 @@ fn run(cfg: Config) -> ExitCode {
         .with_max_level(cfg.log_level)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        // A line that cannot be written (nobody reads stderr any more) is lost; reporting that on
+        // the same stderr would panic the thread that logs, and the process with it.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("gateway").build() {
         Ok(rt) => rt,

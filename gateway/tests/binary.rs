@@ -18,6 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_kbase-spark-gateway");
 struct Gateway {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Reads stderr; ends at the first line after `lines` is dropped, closing the pipe.
+    reader: Option<std::thread::JoinHandle<()>>,
     seen: Vec<String>,
     grpc: SocketAddr,
     admin: SocketAddr,
@@ -35,7 +37,7 @@ impl Gateway {
             .expect("the binary starts");
         let (tx, lines) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
                     return;
@@ -45,6 +47,7 @@ impl Gateway {
         let mut g = Gateway {
             child,
             lines,
+            reader: Some(reader),
             seen: Vec::new(),
             grpc: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
@@ -224,4 +227,28 @@ async fn sigterm_drains_live_calls_then_exits_zero() {
     assert!(signalled.elapsed() < Duration::from_secs(10));
     gw.wait_for("SIGTERM: shutting down");
     gw.wait_for("drained");
+}
+
+/// `kbase-spark-gateway 2>&1 | head`, or a log collector that went away: once nobody reads
+/// stderr, every log line fails to write (EPIPE). The gateway goes on serving and still drains
+/// to exit 0 (tracing's fallback report of a failed write would panic on the same stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_does_not_stop_the_gateway() {
+    let fake = fake(vec![mfa_token("TOKENALICEBIN3", "alice")]).await;
+    let pod = Backend::start("alice-pod").await;
+    let mut gw = Gateway::start(&gateway_env(&fake, &[("alice", &pod)], &[]));
+    let client = Client::connect(gw.grpc).await;
+    let t = [("x-kbase-token", "TOKENALICEBIN3")];
+    const CONFIG: &str = "/spark.connect.SparkConnectService/Config";
+    // The reader ends at the next line (this call's access line), closing the pipe.
+    gw.lines = mpsc::channel().1;
+    assert_eq!(client.unary(CONFIG, &t, b"1").await.status(), OK);
+    let reader = gw.reader.take().unwrap();
+    eventually(Duration::from_secs(10), "the reader closes the pipe", || reader.is_finished()).await;
+    for _ in 0..3 {
+        assert_eq!(client.unary(CONFIG, &t, b"2").await.status(), OK);
+    }
+    gw.signal(libc::SIGTERM);
+    let code = gw.exit_status(Duration::from_secs(10));
+    assert!(code.success(), "{code:?}");
 }
