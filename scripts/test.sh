@@ -2,9 +2,10 @@
 # The project's test command. Steps, each failing fast with a clear message:
 #   1. scripts/setup.sh --matrix             (Debian packages, Java 17, cargo, .venv, matrix venvs)
 #   2. cargo test --workspace                (Rust unit + integration + doc tests)
-#   3. cargo build --release -p fake-auth2, then -p kbase-spark-gateway (both started by e2e tests)
+#   3. cargo build --release -p fake-auth2   (started by e2e tests)
 #   4. gradle build                          (jar with the .so, the gateway binaries, JUnit tests,
-#                                             smoke tests), then pytest tests/scripts (the build
+#                                             smoke tests; e2e runs this machine's gateway binary
+#                                             from it), then pytest tests/scripts (the build
 #                                             scripts' logic; docker/ against the built gateway)
 #   5. pytest tests/e2e                      (real Spark Connect 4.0.0 + pyspark + nginx TLS + gateway)
 #   6. pytest -m matrix tests/e2e, once per Spark version of the matrix (default 4.1.4 4.2.1
@@ -18,7 +19,7 @@
 #   --quick        stop after step 4 (no end-to-end tests)
 #   --slow         also run the soaks (Rust, JVM, e2e) and the e2e latency benchmark
 #                  (excluded by default: about 10 more minutes)
-#   --e2e-only     skip steps 2 and 4 except for building the jar (for iterating on tests/e2e)
+#   --e2e-only     skip steps 2 and 4 except for building the jar and (by cargo) the gateway
 #   --no-matrix    skip step 6 (Spark 4.0.0 only)
 #   --matrix-only  skip step 5 (only the matrix versions)
 #   --host-only    this machine's library and gateway only, built by its own cargo (gradle
@@ -91,14 +92,17 @@ if [ $e2e_only -eq 0 ]; then
   step "cargo test" cargo test --workspace
 fi
 step "fake-auth2 (release)" cargo build --release -p fake-auth2 --bin fake-auth2
-gateway_bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/kbase-spark-gateway"
-step "gateway (release)" cargo build --release -p kbase-spark-gateway --bin kbase-spark-gateway
 if [ $e2e_only -eq 0 ]; then
   step "gradle build" gradle "${gradle_args[@]}" build
   step "script tests" "$PY" -m pytest "$REPO_ROOT/tests/scripts" -v
+  # The e2e suite runs the gateway binary the build ships for this machine (no second build).
+  gateway_bin="$REPO_ROOT/build/gateway/linux-$(uname -m)/kbase-spark-gateway"
 else
   step "gradle jar" gradle "${gradle_args[@]}" jar
+  gateway_bin="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/kbase-spark-gateway"
+  step "gateway (release)" cargo build --release -p kbase-spark-gateway --bin kbase-spark-gateway
 fi
+[ -x "$gateway_bin" ] || die "no gateway binary at $gateway_bin after the build"
 jar="$(find_jar)"
 [ -n "$jar" ] || die "gradle finished but no build/libs/kbase-spark-auth-*.jar exists"
 platforms="$(jar_platforms "$jar")"
