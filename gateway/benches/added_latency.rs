@@ -21,6 +21,10 @@
 //!   identical paths measured the same way). Rounds take the three in every order (balanced).
 //!   Reported: each path's distribution, and the added latency `G - D` at p50 and p99 (median over
 //!   rounds of the per-round differences, and of all calls pooled), beside `D2 - D`.
+//!   With `--nginx PATH` the third path is `N` instead: the same calls through nginx's gRPC proxy
+//!   (`grpc_pass`, one worker, kept-alive HTTP/2 to the backend, its access log to /dev/null) in
+//!   front of the same backend: what a mature C proxy adds on this machine, with no token to check
+//!   and no route to choose, beside what the gateway adds.
 //! - `miss`: blocks through the gateway only: `M` with one user's first calls waiting on a slow
 //!   Auth2 all the while (`--miss-delay-ms`, a new token each time), `N` and `N2` without. The
 //!   other users' p99 with and without the miss (GATEWAY.md §5: ≤ 1.25×), beside `N2/N`.
@@ -50,6 +54,7 @@ struct Args {
     miss_delay_ms: u64,
     gateway_workers: usize,
     access_log: bool,
+    nginx: Option<String>,
 }
 
 impl Args {
@@ -64,6 +69,7 @@ impl Args {
             miss_delay_ms: 300,
             gateway_workers: 2,
             access_log: true,
+            nginx: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -78,6 +84,7 @@ impl Args {
                 "--miss-delay-ms" => a.miss_delay_ms = value().parse().expect("--miss-delay-ms N"),
                 "--gateway-workers" => a.gateway_workers = value().parse().expect("--gateway-workers N"),
                 "--no-access-log" => a.access_log = false,
+                "--nginx" => a.nginx = Some(value()),
                 "--bench" => {} // cargo bench passes it
                 other => panic!("unknown argument {other}"),
             }
@@ -295,13 +302,78 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// nginx as a reference gRPC proxy in front of the backend (`--nginx PATH`), on loopback, in a
+/// directory of its own; stopped (by its PID) and removed when dropped.
+struct Nginx {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(bin: &str, backend: std::net::SocketAddr) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("added-latency-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log /dev/null; keepalive_requests 1000000000; keepalive_timeout 3600s;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n  \
+             fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n  \
+             upstream pod {{ server {backend}; keepalive 8; keepalive_requests 1000000000; }}\n  \
+             server {{ listen 127.0.0.1:{port} http2; location / {{ grpc_pass grpc://pod; }} }}\n}}\n"
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("--nginx {bin}: {e}"));
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut nginx = Nginx { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+            assert!(nginx.child.try_wait().unwrap().is_none(), "nginx exited:\n{log}");
+            assert!(Instant::now() < deadline, "nginx does not listen on {addr}:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    /// CPU time nginx (one process) has used so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.child.id())).unwrap_or_default();
+        Duration::from_nanos(stat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn latency(args: &Args) {
     let world = World::start(args, &[]);
     let tokens = Arc::new(world.tokens.clone());
+    let nginx = args.nginx.as_deref().map(|bin| Nginx::start(bin, world.backend.addr));
+    // The third path: the noise floor, or the reference proxy.
+    let third = if nginx.is_some() { "N" } else { "D2" };
+    let third_addr = nginx.as_ref().map_or(world.backend.addr, |n| n.addr);
     let clients: HashMap<&str, Client> = [
         ("G", world.connect(world.gateway_addr())),
         ("D", world.connect(world.backend.addr)),
-        ("D2", world.connect(world.backend.addr)),
+        (third, world.connect(third_addr)),
     ]
     .into_iter()
     .collect();
@@ -316,31 +388,34 @@ fn latency(args: &Args) {
         args.users,
         loadavg()
     );
-    for arm in ["G", "D", "D2"] {
+    for arm in ["G", "D", third] {
         run(arm, args.warmup);
     }
     let mut arms: HashMap<&str, Arm> = HashMap::new();
     // CPU time per path of the gateway's and the backend's threads.
     let mut cpu: HashMap<(&str, &str), Duration> = HashMap::new();
-    for order in orders(&["G", "D", "D2"], args.rounds) {
+    let nginx_cpu = || nginx.as_ref().map_or(Duration::ZERO, Nginx::cpu);
+    for order in orders(&["G", "D", third], args.rounds) {
         for arm in order {
             run(arm, args.block / 10); // unmeasured: the path is warm when the block starts
-            let before = [cpu_of("gateway"), cpu_of("backend")];
+            let before = [cpu_of("gateway"), cpu_of("backend"), nginx_cpu()];
             let lat = run(arm, args.block);
             *cpu.entry((arm, "gateway")).or_default() += cpu_of("gateway") - before[0];
             *cpu.entry((arm, "backend")).or_default() += cpu_of("backend") - before[1];
+            *cpu.entry((arm, "nginx")).or_default() += nginx_cpu() - before[2];
             arms.entry(arm).or_default().add(lat);
         }
     }
     println!("   (load average after: {})", loadavg());
-    for name in ["G", "D", "D2"] {
+    for name in ["G", "D", third] {
         println!("{}", arms.get_mut(name).unwrap().line(name));
     }
     let diff = |a: &str, b: &str, p99: bool| {
         let (x, y) = (&arms[a].rounds, &arms[b].rounds);
         median(x.iter().zip(y).map(|(x, y)| if p99 { x.1 - y.1 } else { x.0 - y.0 }).collect())
     };
-    for (what, a) in [("added by the gateway, G - D", "G"), ("noise floor, D2 - D", "D2")] {
+    let third_what = if nginx.is_some() { "added by nginx, N - D" } else { "noise floor, D2 - D" };
+    for (what, a) in [("added by the gateway, G - D", "G"), (third_what, third)] {
         println!(
             "   {what:<28} p50 {:>7.1} µs (pooled {:>7.1})   p99 {:>7.1} µs (pooled {:>7.1})   [median over rounds]",
             diff(a, "D", false),
@@ -357,6 +432,13 @@ fn latency(args: &Args) {
         us(cpu[&("D", "gateway")] / calls),
         us(cpu[&("D", "backend")] / calls),
     );
+    if nginx.is_some() {
+        println!(
+            "   CPU time per call on N: nginx {:.1} µs, backend {:.1} µs",
+            us(cpu[&("N", "nginx")] / calls),
+            us(cpu[&("N", "backend")] / calls),
+        );
+    }
     println!("   Auth2 lookups: {} for {} users", world.fake.total_requests(), args.users);
 }
 
