@@ -23,7 +23,9 @@ fake Auth2 for the gateway and another for the pods' plugins (so that slowing th
 Auth2 slows only the gateway's lookups). Clients: the real pyspark client (1, 2) and raw gRPC
 stubs (3, 5, 6). Comparisons run interleaved in one run: rounds of one batch per path, every
 order of the paths once per cycle (balanced), ratios the median over rounds of per-round ratios;
-``D2`` is a second, identical direct path whose ratio to ``D`` is the noise floor.
+``D2`` is a second, identical direct path whose ratio to ``D`` is the noise floor; with ``--nginx``
+the third path is ``N`` instead, nginx's gRPC proxy (``grpc_pass``, one worker, plaintext HTTP/2)
+in front of the same pod: what a mature C proxy costs on this machine, beside the gateway.
 
 1. ``select1``: ``spark.sql("select 1").collect()`` through the gateway (``G``) and straight to
    the same pod (``D``, ``D2``), three pyspark sessions of the first user's with one token: p50 and
@@ -100,6 +102,9 @@ def parse_args(argv=None):
     ap.add_argument("--miss-phase-seconds", type=float, default=4.0, help="length of one batch, miss")
     ap.add_argument("--miss-delay-ms", type=int, default=300, help="the gateway's Auth2 delay, miss")
     ap.add_argument("--miss-threads", type=int, default=1, help="the newcomer's concurrent calls, miss")
+    ap.add_argument("--nginx", action="store_true",
+                    help="select1 and collect: the third path is N, nginx's gRPC proxy (one worker, plaintext) "
+                         "in front of the same pod, instead of D2 (a reference: what a mature proxy adds here)")
     ap.add_argument("--max-seconds", type=int, default=1800, help="bound on the whole run")
     ap.add_argument("--smoke", action="store_true",
                     help="every workload, tiny (seconds; what the e2e suite runs): checks the script, measures nothing")
@@ -150,10 +155,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 class GatewayCpu:
-    """The gateway's CPU time spent during each path's measured batches."""
+    """The gateway's (or another proxy's: ``label``) CPU time spent during each path's measured
+    batches."""
 
-    def __init__(self, pid: int):
-        self.pid, self.seconds, self.calls = pid, {}, {}
+    def __init__(self, pid: int, label: str = "gateway"):
+        self.pid, self.label, self.seconds, self.calls = pid, label, {}, {}
 
     def batch(self, fn):
         def measured(path):
@@ -165,7 +171,8 @@ class GatewayCpu:
         return measured
 
     def report(self, unit: str) -> dict:
-        return {f"gateway_cpu_ms_per_{unit}": {p: round(1e3 * s / self.calls[p], 3) for p, s in self.seconds.items()}}
+        return {f"{self.label}_cpu_ms_per_{unit}": {p: round(1e3 * s / self.calls[p], 3)
+                                                    for p, s in self.seconds.items()}}
 
 
 class Rss:
@@ -232,15 +239,27 @@ def stop_topology(topo: Topology) -> None:
             print(f"gateway_bench: stopping {part!r} failed: {e}", file=sys.stderr)
 
 
-def paths(t: Topology, user: str, token: str) -> dict:
-    """G through the gateway, D and D2 straight to the user's pod: three pyspark sessions."""
+def paths(t: Topology, user: str, token: str, nginx=None) -> dict:
+    """G through the gateway, D straight to the user's pod, and D2 straight to it again (the noise
+    floor) or, with --nginx, N through nginx in front of it: three pyspark sessions."""
     pod = t.pods[user]
     out = {"G": session(t.gateway.url("localhost", token=token)),
-           "D": session(pod.url("localhost", token=token)),
-           "D2": session(pod.url("localhost", token=token))}
+           "D": session(pod.url("localhost", token=token))}
+    if nginx:
+        out["N"] = session(f"sc://localhost:{nginx.port}/;token={token}")
+    else:
+        out["D2"] = session(pod.url("localhost", token=token))
     reached = {k: pod_of(s) for k, s in out.items()}  # what each pod reports: the same one
     assert set(reached.values()) == {user}, reached
     return out
+
+
+def proxies_cpu(t: Topology, nginx, fn):
+    """``fn`` with the gateway's CPU time counted per path, and nginx's (--nginx); their reporters."""
+    cpus = [GatewayCpu(gateway_pid(t.gateway))] + ([GatewayCpu(nginx.worker_pid(), "nginx")] if nginx else [])
+    for c in cpus:
+        fn = c.batch(fn)
+    return fn, cpus
 
 
 def timed_batch(fn, n: int):
@@ -253,12 +272,17 @@ def timed_batch(fn, n: int):
     return lat, time.perf_counter() - w0, time.process_time() - c0
 
 
+def describe(sessions: dict) -> str:
+    third = "N nginx (grpc_pass) in front of" if "N" in sessions else "D2 direct to"
+    return f"G gateway, D direct to the pod, {third} the same pod"
+
+
 # ----------------------------------------------------------------------------- 1. select 1
 
 
-def w_select1(t: Topology, args, rng) -> dict:
+def w_select1(t: Topology, args, rng, nginx=None) -> dict:
     user = next(iter(t.pods))
-    sessions = paths(t, user, t.token(user))
+    sessions = paths(t, user, t.token(user), nginx)
     try:
         assert [tuple(r) for r in sessions["G"].sql("select 1").collect()] == [(1,)]
 
@@ -266,13 +290,15 @@ def w_select1(t: Topology, args, rng) -> dict:
             return lambda: sessions[s].sql("select 1").collect()
 
         log(f"1. select 1: warm-up {args.select_warmup}/path, {args.rounds} rounds x {args.select_batch}")
-        cpu = GatewayCpu(gateway_pid(t.gateway))
+        batch, cpus = proxies_cpu(t, nginx, lambda s: timed_batch(query(s), args.select_batch))
         out = run_interleaved(
-            'spark.sql("select 1").collect(), pyspark, sequential: G gateway, D and D2 direct to the same pod',
-            ["G", "D", "D2"], args.rounds, cpu.batch(lambda s: timed_batch(query(s), args.select_batch)), rng,
+            f'spark.sql("select 1").collect(), pyspark, sequential: {describe(sessions)}',
+            list(sessions), args.rounds, batch, rng,
             warmup_fn=lambda s: timed_batch(query(s), args.select_warmup),
             pre_fn=lambda s: timed_batch(query(s), 5))
-        return out | cpu.report("query")
+        for c in cpus:
+            out |= c.report("query")
+        return out
     finally:
         for s in sessions.values():
             s.stop()
@@ -281,9 +307,9 @@ def w_select1(t: Topology, args, rng) -> dict:
 # ----------------------------------------------------------------------------- 2. ~100 MB
 
 
-def w_collect(t: Topology, args, rng) -> dict:
+def w_collect(t: Topology, args, rng, nginx=None) -> dict:
     user = next(iter(t.pods))
-    sessions = paths(t, user, t.token(user))
+    sessions = paths(t, user, t.token(user), nginx)
     rows = args.collect_rows
     frames = {k: s.range(0, rows, 1, 4).selectExpr("id", "repeat(sha2(CAST(id AS STRING), 256), 16) AS s")
               for k, s in sessions.items()}
@@ -302,14 +328,13 @@ def w_collect(t: Topology, args, rng) -> dict:
             assert df.count() == rows
         log(f"2. collect: {rows} rows, {args.collect_rounds} rounds, gateway RSS watched")
         m0 = t.gateway.metrics().value("kbase_gateway_response_bytes_total")
-        pid = gateway_pid(t.gateway)
-        cpu = GatewayCpu(pid)
-        with Rss(pid) as rss:
+        batch, cpus = proxies_cpu(t, nginx, lambda k: timed_batch(fetch(k), 1))
+        with Rss(gateway_pid(t.gateway)) as rss:
             out = run_interleaved(
-                f"toArrow() of {rows} cached rows of ~1 KiB (~{rows // 1000} MB), pyspark: G gateway, D and D2 direct",
-                ["G", "D", "D2"], args.collect_rounds, cpu.batch(lambda k: timed_batch(fetch(k), 1)), rng,
-                warmup_fn=lambda k: timed_batch(fetch(k), 1))
-        out |= cpu.report("fetch")
+                f"toArrow() of {rows} cached rows of ~1 KiB (~{rows // 1000} MB), pyspark: {describe(sessions)}",
+                list(sessions), args.collect_rounds, batch, rng, warmup_fn=lambda k: timed_batch(fetch(k), 1))
+        for c in cpus:
+            out |= c.report("fetch")
         through = t.gateway.metrics().value("kbase_gateway_response_bytes_total") - m0
         out["arrow_table_mib"] = round(max(sizes) / 2**20, 1)
         out["gateway_response_mib_per_fetch"] = round(through / (args.collect_rounds + 1) / 2**20, 1)
@@ -503,13 +528,14 @@ def w_miss(t: Topology, args, rng) -> dict:
 # ----------------------------------------------------------------------------- the run
 
 
-def run_workloads(t: Topology, args, rng) -> dict:
-    """``args.workloads`` against the topology's gateway and pods; each one's results."""
+def run_workloads(t: Topology, args, rng, nginx=None) -> dict:
+    """``args.workloads`` against the topology's gateway and pods (and ``nginx`` in front of the
+    first pod, with --nginx); each one's results."""
     w = {}
     if "select1" in args.workloads:
-        w["select1"] = w_select1(t, args, rng)
+        w["select1"] = w_select1(t, args, rng, nginx)
     if "collect" in args.workloads:
-        w["collect"] = w_collect(t, args, rng)
+        w["collect"] = w_collect(t, args, rng, nginx)
     if "stampede" in args.workloads:
         w["stampede"] = w_stampede(t, args)
     if "miss" in args.workloads:
@@ -539,11 +565,15 @@ def main(argv=None) -> int:
     result = {"benchmark": "scripts/gateway_bench.py", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "args": vars(args) | {"seed": seed}, "loadavg_at_start": os.getloadavg(),
               "gateway": str(harness.find_gateway()), "jar": os.path.basename(os.environ["KBASE_E2E_JAR"])}
-    topo = None
+    topo = nginx = None
     ok = False
     try:
         topo = start_topology(workdir, pods_needed(args))
-        result["workloads"] = run_workloads(topo, args, rng)
+        if args.nginx:
+            pod = topo.pods[next(iter(topo.pods))]
+            nginx = harness.NginxProxy(workdir, "nginx", pod.target, None).start()
+            log(f"nginx (reference proxy) on 127.0.0.1:{nginx.port} in front of {pod.target}")
+        result["workloads"] = run_workloads(topo, args, rng, nginx)
         result["gateway_rss_at_end_mib"] = round(status_kib(gateway_pid(topo.gateway), "VmRSS") / 1024, 1)
         for name, p in topo.pods.items():
             if not p.alive():
@@ -551,6 +581,8 @@ def main(argv=None) -> int:
         ok = True
     finally:
         harness.close_channels()
+        if nginx is not None:
+            nginx.stop()
         if topo is not None:
             stop_topology(topo)
         watchdog.cancel()
@@ -576,7 +608,8 @@ def report(r: dict) -> None:
                   f"{v['round_p50_median_us'] / 1e3:>11.3f}{v['round_p99_median_us'] / 1e3:>11.3f}")
         for k, v in x["ratios_median_over_rounds"].items():
             print(f"   {k:<6} p50 {v['p50']:.3f}  p99 {v['p99']:.3f} (pooled {v['p99_pooled']:.3f})")
-        for extra in ("gateway_cpu_ms_per_query", "gateway_cpu_ms_per_fetch", "gateway_memory", "arrow_table_mib",
+        for extra in ("gateway_cpu_ms_per_query", "gateway_cpu_ms_per_fetch", "nginx_cpu_ms_per_query",
+                      "nginx_cpu_ms_per_fetch", "gateway_memory", "arrow_table_mib",
                       "gateway_response_mib_per_fetch", "newcomer"):
             if extra in x:
                 print(f"   {extra}: {x[extra]}")

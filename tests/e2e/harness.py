@@ -829,9 +829,10 @@ def nginx_version() -> tuple:
 
 
 class NginxProxy:
-    """Debian's nginx in the foreground: TLS + HTTP/2 on 127.0.0.1:port, grpc_pass to Spark."""
+    """Debian's nginx in the foreground: TLS + HTTP/2 on 127.0.0.1:port, grpc_pass to Spark; with
+    ``pki=None`` plaintext HTTP/2 (prior knowledge), as a reference proxy for benchmarks."""
 
-    def __init__(self, workdir: Path, name: str, upstream: str, pki: dict):
+    def __init__(self, workdir: Path, name: str, upstream: str, pki: Optional[dict]):
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.upstream = upstream
@@ -847,10 +848,13 @@ class NginxProxy:
         # Workers may run as an unprivileged user (nginx drops root); let them in.
         for p in (d, d / "tmp", d / "logs"):
             os.chmod(p, 0o755)
+        ssl = " ssl" if self.pki else ""
         if nginx_version() >= (1, 25, 1):
-            listen = f"listen 127.0.0.1:{self.port} ssl;\n        http2 on;"
+            listen = f"listen 127.0.0.1:{self.port}{ssl};\n        http2 on;"
         else:
-            listen = f"listen 127.0.0.1:{self.port} ssl http2;"
+            listen = f"listen 127.0.0.1:{self.port}{ssl} http2;"
+        tls = (f"ssl_certificate {self.pki['cert']};\n        ssl_certificate_key {self.pki['key']};\n"
+               "        ssl_protocols TLSv1.2 TLSv1.3;") if self.pki else "# plaintext HTTP/2"
         conf = f"""\
 # Written by tests/e2e/harness.py: TLS termination in front of Spark Connect's plaintext gRPC.
 worker_processes 1;
@@ -866,9 +870,7 @@ http {{
     scgi_temp_path {d}/tmp/scgi;
     server {{
         {listen}
-        ssl_certificate {self.pki['cert']};
-        ssl_certificate_key {self.pki['key']};
-        ssl_protocols TLSv1.2 TLSv1.3;
+        {tls}
         client_max_body_size 0;
         location / {{
             grpc_pass grpc://{self.upstream};
@@ -896,6 +898,12 @@ http {{
 
         wait_until(ready, timeout, 0.1, "nginx listening")
         return self
+
+    def worker_pid(self) -> int:
+        """The one worker's PID (a child of the master, which runs under `timeout`)."""
+        (master,) = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        (worker,) = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        return int(worker)
 
     def stop(self) -> None:
         if self.proc:

@@ -150,3 +150,13 @@ def test_gateway_bench_script_runs(gw):
     assert sum(out["streams"]["stream_statuses_after_interrupt"].values()) == streams
     assert out["stampede"]["stampede-delay"]["gateway_auth2_lookups"] == 1
     assert out["miss"]["newcomer"]["statuses"].get("OK", 0) >= 1
+    # --nginx: the third path of select1 and collect goes through nginx in front of the same pod.
+    pod = gw.pods[next(iter(gw.pods))]
+    nginx = harness.NginxProxy(gw.workdir, "bench-nginx", pod.target, None).start()
+    try:
+        for run, unit in ((bench.w_select1, "query"), (bench.w_collect, "fetch")):
+            r = run(gw, args, random.Random(0), nginx)
+            assert set(r["servers"]) == {"G", "D", "N"}, r
+            assert set(r[f"nginx_cpu_ms_per_{unit}"]) == {"G", "D", "N"}, r
+    finally:
+        nginx.stop()
