@@ -133,6 +133,19 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// `d` as a `grpc-timeout` value: the finest unit whose count fits gRPC's 8 digits, rounded down
+/// (a pod's deadline may come a unit early, never late). `None` when nothing is left.
+pub fn timeout_value(d: Duration) -> Option<HeaderValue> {
+    const MAX: u128 = 99_999_999;
+    let nanos = d.as_nanos();
+    let (n, unit) = [(1, 'n'), (1_000, 'u'), (1_000_000, 'm'), (1_000_000_000, 'S'), (60_000_000_000, 'M')]
+        .into_iter()
+        .map(|(per, unit)| (nanos / per, unit))
+        .find(|(n, _)| *n <= MAX)
+        .unwrap_or(((nanos / 3_600_000_000_000).min(MAX), 'H'));
+    (n > 0).then(|| HeaderValue::from_str(&format!("{n}{unit}")).expect("digits and a letter"))
+}
+
 /// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
 pub fn percent_encode(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
@@ -219,6 +232,30 @@ impl Framing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_values_are_the_finest_unit_that_fits_and_read_back() {
+        let v = |d: Duration| timeout_value(d).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(v(Duration::ZERO), None);
+        assert_eq!(v(Duration::from_nanos(1)).as_deref(), Some("1n"));
+        assert_eq!(v(Duration::from_nanos(99_999_999)).as_deref(), Some("99999999n"));
+        assert_eq!(v(Duration::from_millis(100)).as_deref(), Some("100000u"));
+        assert_eq!(v(Duration::from_nanos(29_999_123_456)).as_deref(), Some("29999123u"));
+        assert_eq!(v(Duration::from_secs(100)).as_deref(), Some("100000m"));
+        assert_eq!(v(Duration::from_secs(100_000_000)).as_deref(), Some("1666666M"));
+        assert_eq!(v(Duration::MAX).as_deref(), Some("99999999H"));
+        for d in [
+            Duration::from_nanos(7),
+            Duration::from_micros(123_456),
+            Duration::from_secs(30),
+            Duration::from_secs(86_400),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(GRPC_TIMEOUT, timeout_value(d).unwrap());
+            let back = timeout(&h).unwrap();
+            assert!(back <= d && d - back < Duration::from_micros(1).max(d / 1_000_000), "{d:?} -> {back:?}");
+        }
+    }
 
     #[test]
     fn timeouts() {

@@ -104,9 +104,15 @@ impl Gateway {
         call.pod = Some(pod.clone());
         // 4. A connection to the pod.
         let lease = self.lease(call.deadline, &user, &pod).await?;
-        // 5. Forward the request, unchanged but for its address and hop-by-hop headers.
+        // 5. Forward the request, unchanged but for its address, hop-by-hop headers and the time
+        //    its deadline has left.
         let sent = Arc::new(Sent::default());
-        let request = self.upstream(req, &pod, &sent);
+        let mut request = self.upstream(req, &pod, &sent);
+        if let Some(at) = call.deadline {
+            let left = grpc::timeout_value(at.saturating_duration_since(tokio::time::Instant::now()));
+            let left = left.ok_or_else(|| deadline_passed("connecting to the Spark Connect server"))?;
+            request.headers_mut().insert(grpc::GRPC_TIMEOUT, left);
+        }
         let (response, lease) = self.send(call.deadline, lease, request, &user, &pod).await?;
         // 6. Stream the response back; the body ends the call.
         let status = Code::in_headers(response.headers());
@@ -213,14 +219,16 @@ async fn within<T>(
 ) -> Result<T, Stop> {
     match deadline {
         None => Ok(fut.await),
-        Some(at) => tokio::time::timeout_at(at, fut).await.map_err(|_| {
-            Stop::refused(
-                Refusal::DeadlineExceeded,
-                Code::DeadlineExceeded,
-                format!("the call's deadline (grpc-timeout) passed while the gateway was {doing}"),
-            )
-        }),
+        Some(at) => tokio::time::timeout_at(at, fut).await.map_err(|_| deadline_passed(doing)),
     }
+}
+
+fn deadline_passed(doing: &str) -> Stop {
+    Stop::refused(
+        Refusal::DeadlineExceeded,
+        Code::DeadlineExceeded,
+        format!("the call's deadline (grpc-timeout) passed while the gateway was {doing}"),
+    )
 }
 
 /// Every value of a header, as the core reads them. A value that is not UTF-8 stands in as a

@@ -259,16 +259,10 @@ async fn a_user_without_a_pod_gets_unavailable_fast_saying_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_forwarded_by_default_and_hop_by_hop_headers_are_not() {
     let w = World::new(vec![mfa_token("TOKENALICE8", "alice")], &["alice"], &[]).await;
-    let headers = [("x-kbase-token", "TOKENALICE8"), ("x-custom", "kept"), ("grpc-timeout", "30S")];
+    let headers = [("x-kbase-token", "TOKENALICE8"), ("x-custom", "kept")];
     let r = w.client.unary("/test.Echo/Headers", &headers, b"").await;
     let seen = String::from_utf8_lossy(&r.messages[0]).into_owned();
-    for line in [
-        "x-kbase-token: TOKENALICE8",
-        "x-custom: kept",
-        "te: trailers",
-        "grpc-timeout: 30S",
-        "content-type: application/grpc",
-    ] {
+    for line in ["x-kbase-token: TOKENALICE8", "x-custom: kept", "te: trailers", "content-type: application/grpc"] {
         assert!(seen.lines().any(|l| l == line), "{line} forwarded: {seen}");
     }
     assert!(seen.contains(&format!(":authority: {}:15002", pod_host("alice"))), "{seen}");
@@ -421,6 +415,22 @@ async fn grpc_timeout_bounds_the_gateways_own_waits() {
     assert_eq!(r.status(), DEADLINE_EXCEEDED, "{r:?}");
     assert!(r.message().contains("connecting to the Spark Connect server"), "{}", r.message());
     assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_gets_the_time_the_deadline_has_left_not_the_callers_whole_timeout() {
+    let w = World::new(vec![mfa_token("TOKENALICE16", "alice")], &["alice"], &[]).await;
+    // The first call waits 400 ms on Auth2: the pod must be told 5 s minus that, at most.
+    w.fake.set_fault_wait(Fault::Delay(Duration::from_millis(400))).await.unwrap();
+    let r =
+        w.client.unary("/test.Echo/Headers", &[("x-kbase-token", "TOKENALICE16"), ("grpc-timeout", "5S")], b"").await;
+    assert_eq!(r.status(), OK, "{r:?}");
+    let seen = String::from_utf8_lossy(&r.messages[0]).into_owned();
+    let value = seen.lines().find_map(|l| l.strip_prefix("grpc-timeout: ")).expect("a deadline forwarded");
+    let mut h = http::HeaderMap::new();
+    h.insert("grpc-timeout", value.parse().unwrap());
+    let left = kbase_spark_gateway::grpc::timeout(&h).expect("a valid grpc-timeout");
+    assert!(left <= Duration::from_millis(4600) && left > Duration::from_secs(1), "{value}: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
