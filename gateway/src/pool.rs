@@ -135,7 +135,7 @@ impl Pool {
             .max_header_list_size(64 * 1024)
             // Results stream from the pod: frames of up to 1 MiB instead of HTTP/2's default 16 KiB
             // cost the gateway ~40 % less CPU per byte relayed (a ~100 MB collect: 143–162 ms ->
-            // 80–100 ms, docs/PERFORMANCE.md), for a read buffer of at most that per connection.
+            // 80–107 ms, docs/PERFORMANCE.md), for a read buffer of at most that per connection.
             .max_frame_size(1 << 20);
         Arc::new(Pool { cfg, resolver, observe, client, pods: Mutex::new(HashMap::new()), epoch: Instant::now() })
     }
